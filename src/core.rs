@@ -1,0 +1,230 @@
+//! The processing core: decode -> classify -> state transitions (opt-out,
+//! spend ledger, alarms) -> enriched outputs.
+//!
+//! Deterministic and free of I/O: the same records in the same order give the
+//! same outputs, so the core can be tested with plain values and replayed
+//! from files. The shells ([`crate::file_mode`], later Kafka) only move bytes
+//! in and records out.
+
+use crate::config::Config;
+use crate::decode::{decode_record, Accepted, Decoded, RecordSource};
+use crate::enrich::{
+    splice, EnrichedEvent, EnrichedInbound, EventEnrichment, InboundEnrichment, OptOutRecord,
+    Outputs, SpendRecord, EVENT_KEYS, INBOUND_KEYS,
+};
+use crate::model::{DeliveryEvent, InboundMessage, Payload};
+use crate::money::Usd;
+use crate::optout::OptOutEngine;
+use crate::spend::{AlarmEngine, SpendLedger};
+
+/// Running counts, for summaries and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Records given to [`Core::process`].
+    pub records: u64,
+    /// Delivery events accepted.
+    pub events: u64,
+    /// Inbound messages accepted.
+    pub inbound: u64,
+    /// Payloads dead-lettered.
+    pub dead_letters: u64,
+    /// Accepted events that repeated an earlier (messageId, eventType, eventTimestamp).
+    pub duplicates: u64,
+    /// Accepted events that arrived after their month closed (not counted in spend).
+    pub late: u64,
+    /// Alarm and limit records emitted.
+    pub alarms: u64,
+    /// Reply records emitted.
+    pub replies: u64,
+}
+
+/// The core: all state of one pipeline instance.
+pub struct Core {
+    optout: OptOutEngine,
+    ledger: SpendLedger,
+    alarms: AlarmEngine,
+    counters: Counters,
+}
+
+impl Core {
+    /// A core with empty state.
+    pub fn new(cfg: &Config) -> Core {
+        Core {
+            optout: OptOutEngine::new(&cfg.optout),
+            ledger: SpendLedger::new(&cfg.spend),
+            alarms: AlarmEngine::new(&cfg.spend),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Processes one record (a Kafka record value, or one top-level JSON value
+    /// of a file), appending what it produced to `out`.
+    pub fn process(&mut self, bytes: &[u8], src: &RecordSource, out: &mut Outputs) {
+        self.counters.records += 1;
+        let mut decoded: Vec<Decoded<'_>> = Vec::new();
+        decode_record(bytes, src, &mut decoded);
+        for d in decoded {
+            match d {
+                Decoded::Accepted(a) => self.accept(*a, out),
+                Decoded::Dead(dl) => {
+                    self.counters.dead_letters += 1;
+                    out.dead_letters.push(*dl);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, a: Accepted<'_>, out: &mut Outputs) {
+        let Accepted {
+            payload,
+            raw,
+            has_enrichment_keys,
+            envelopes,
+            provenance,
+        } = a;
+        match payload {
+            Payload::Delivery(event) => {
+                let enrichment = self.delivery(&event, provenance.record_id(), out);
+                let json = splice(&raw, has_enrichment_keys, &EVENT_KEYS, &enrichment);
+                out.events.push(EnrichedEvent {
+                    event,
+                    enrichment,
+                    provenance,
+                    envelopes,
+                    json,
+                });
+            }
+            Payload::Inbound(message) => {
+                let enrichment = self.inbound(&message, provenance.record_id(), out);
+                let json = splice(&raw, has_enrichment_keys, &INBOUND_KEYS, &enrichment);
+                out.inbound.push(EnrichedInbound {
+                    message,
+                    enrichment,
+                    provenance,
+                    envelopes,
+                    json,
+                });
+            }
+        }
+    }
+
+    fn delivery(
+        &mut self,
+        ev: &DeliveryEvent,
+        record_id: String,
+        out: &mut Outputs,
+    ) -> EventEnrichment {
+        self.counters.events += 1;
+        let outcome = self.ledger.apply(ev);
+        if outcome.duplicate {
+            self.counters.duplicates += 1;
+        }
+        if outcome.late {
+            self.counters.late += 1;
+        }
+        for (month, channel, totals) in &outcome.changed {
+            let before = out.alarms.len();
+            self.alarms
+                .evaluate(*month, *channel, totals.spend, &mut out.alarms);
+            self.counters.alarms += (out.alarms.len() - before) as u64;
+            out.spend_changes.push(SpendRecord {
+                month: *month,
+                channel: *channel,
+                spend_usd: totals.spend,
+                messages: totals.messages,
+            });
+        }
+        let destination_opted_out =
+            match (&ev.origination_phone_number, &ev.destination_phone_number) {
+                (Some(o), Some(d)) => Some(self.optout.is_opted_out(o, d)),
+                (None, Some(d)) => Some(self.optout.is_opted_out("", d)),
+                (_, None) => None,
+            };
+        EventEnrichment {
+            record_id,
+            channel: ev.channel,
+            status_class: ev.status_class,
+            cost_usd: outcome.cost,
+            spend_month: outcome.month,
+            month_to_date_spend_usd: outcome.month_to_date.spend,
+            latency_ms: ev.message_request_timestamp.map(|r| ev.event_timestamp - r),
+            destination_opted_out,
+            duplicate: outcome.duplicate,
+            late_receipt: outcome.late,
+        }
+    }
+
+    fn inbound(
+        &mut self,
+        msg: &InboundMessage,
+        record_id: String,
+        out: &mut Outputs,
+    ) -> InboundEnrichment {
+        self.counters.inbound += 1;
+        let o = self.optout.handle_inbound(msg);
+        if let Some(c) = o.change {
+            out.optout_changes.push(c);
+        }
+        if let Some(r) = o.reply {
+            self.counters.replies += 1;
+            out.replies.push(r);
+        }
+        InboundEnrichment {
+            record_id,
+            keyword: o.keyword,
+            action: o.action,
+            opt_out_list: o.opt_out_list,
+            opted_out: o.opted_out,
+        }
+    }
+
+    /// Month-to-date totals of every (month, channel) seen, sorted.
+    pub fn spend_totals(&self) -> Vec<SpendRecord> {
+        self.ledger
+            .totals()
+            .into_iter()
+            .map(|(month, channel, t)| SpendRecord {
+                month,
+                channel,
+                spend_usd: t.spend,
+                messages: t.messages,
+            })
+            .collect()
+    }
+
+    /// Total spend over every month and channel.
+    pub fn total_spend(&self) -> Usd {
+        self.ledger
+            .totals()
+            .into_iter()
+            .fold(Usd::ZERO, |acc, (_, _, t)| acc + t.spend)
+    }
+
+    /// Every (list, number) with state, sorted.
+    pub fn optout_table(&self) -> Vec<OptOutRecord> {
+        self.optout
+            .entries()
+            .into_iter()
+            .map(|(l, n, o)| OptOutRecord {
+                opt_out_list: l.to_owned(),
+                number: n.to_owned(),
+                opted_out: o,
+            })
+            .collect()
+    }
+
+    /// Running counts.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The opt-out engine (read-only).
+    pub fn optout(&self) -> &OptOutEngine {
+        &self.optout
+    }
+
+    /// The spend ledger (read-only).
+    pub fn ledger(&self) -> &SpendLedger {
+        &self.ledger
+    }
+}

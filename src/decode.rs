@@ -1,0 +1,811 @@
+//! Decoding: record bytes -> typed payloads or dead letters.
+//!
+//! One record (a Kafka record value, or one top-level JSON value of an input
+//! file) may hold any envelope of BRIEF section 5:
+//!
+//! 1. a raw payload object (delivery event or inbound message);
+//! 2. an SNS notification whose `Message` is the payload as a JSON string;
+//! 3. an EventBridge event whose `detail` is the payload;
+//! 4. a Firehose HTTP endpoint batch whose `records[].data` are base64 payloads;
+//! 5. several of these concatenated, with or without newlines.
+//!
+//! The payload kind is detected from its fields: `eventType` makes a delivery
+//! event, `originationNumber` / `messageBody` / `inboundMessageId` an inbound
+//! message. Every payload found ends as [`Decoded::Accepted`] or
+//! [`Decoded::Dead`], in input order; nothing panics and nothing is dropped.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::classify::{classify, EventTypeError};
+use crate::dead_letter::{DeadLetter, Reason};
+use crate::model::{is_e164, DeliveryEvent, InboundMessage, Payload, Provenance};
+use crate::money::{MoneyError, Usd};
+
+/// Envelopes are followed this deep (an SNS message inside a Firehose batch is 2).
+pub const MAX_NESTING: usize = 4;
+
+/// Earliest accepted timestamp: 2000-01-01T00:00:00Z, epoch ms.
+pub const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
+/// Latest accepted timestamp (exclusive): 2200-01-01T00:00:00Z, epoch ms.
+pub const MAX_TIMESTAMP_MS: i64 = 7_258_118_400_000;
+
+/// Where the record being decoded came from.
+#[derive(Clone, Debug)]
+pub struct RecordSource {
+    /// Topic or file path.
+    pub source: Arc<str>,
+    /// Kafka partition (None in file mode).
+    pub partition: Option<i32>,
+    /// Kafka offset or record index in the file.
+    pub offset: i64,
+    /// Kafka record timestamp, epoch ms, if any.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// An accepted payload.
+#[derive(Clone, Debug)]
+pub struct Accepted<'a> {
+    /// The typed payload.
+    pub payload: Payload,
+    /// The payload object's JSON text exactly as received (inside its envelope).
+    pub raw: Cow<'a, [u8]>,
+    /// True when the object already has a key that enrichment writes; the
+    /// enricher then rebuilds the object instead of appending to the text.
+    pub has_enrichment_keys: bool,
+    /// Envelopes unwrapped, outermost first.
+    pub envelopes: Vec<&'static str>,
+    /// Where it came from.
+    pub provenance: Provenance,
+}
+
+/// One payload's fate.
+#[derive(Clone, Debug)]
+pub enum Decoded<'a> {
+    /// Decoded and valid.
+    Accepted(Box<Accepted<'a>>),
+    /// Not accepted.
+    Dead(Box<DeadLetter>),
+}
+
+/// A piece of a byte stream of concatenated JSON values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// A syntactically valid JSON value at this byte range.
+    Value(Range<usize>),
+    /// Bytes that are not JSON, up to the end of their line.
+    Invalid(Range<usize>, Reason),
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+/// Splits bytes into top-level JSON values (concatenated with or without
+/// whitespace) and invalid spans. After an invalid span the scan resumes at
+/// the next line, so one bad line of a JSON-lines file costs only that line.
+pub fn split_values(bytes: &[u8]) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        while pos < bytes.len() && is_ws(bytes[pos]) {
+            pos += 1;
+        }
+        if pos >= bytes.len() {
+            break;
+        }
+        let mut stream =
+            serde_json::Deserializer::from_slice(&bytes[pos..]).into_iter::<IgnoredAny>();
+        match stream.next() {
+            Some(Ok(_)) => {
+                let end = pos + stream.byte_offset();
+                out.push(Segment::Value(pos..end));
+                pos = end;
+            }
+            Some(Err(e)) => {
+                let end = bytes[pos..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |i| pos + i);
+                let span = &bytes[pos..end];
+                let reason = match std::str::from_utf8(span) {
+                    Err(u) => Reason::InvalidUtf8 {
+                        at: u.valid_up_to(),
+                    },
+                    Ok(_) => Reason::InvalidJson {
+                        detail: e.to_string(),
+                    },
+                };
+                out.push(Segment::Invalid(pos..end, reason));
+                pos = end;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Decodes one record into payloads, appending to `out` in input order.
+pub fn decode_record<'a>(bytes: &'a [u8], src: &RecordSource, out: &mut Vec<Decoded<'a>>) {
+    let mut d = Decoder {
+        record: bytes,
+        src,
+        sub: 0,
+        out,
+    };
+    if bytes.iter().all(|&b| is_ws(b)) {
+        d.dead(Reason::EmptyRecord, 0..bytes.len(), None, &[]);
+        return;
+    }
+    d.split_and_decode(bytes, Some(0), &Ctx::top(src.timestamp_ms));
+}
+
+/// What the envelopes around a payload said.
+#[derive(Clone, Debug)]
+struct Ctx {
+    depth: usize,
+    envelopes: Vec<&'static str>,
+    /// Receive time for inbound messages (envelope time or record timestamp).
+    received_at: Option<i64>,
+    /// Byte range, in the record, of the top-level value this payload is in.
+    top: Option<Range<usize>>,
+}
+
+impl Ctx {
+    fn top(received_at: Option<i64>) -> Ctx {
+        Ctx {
+            depth: 0,
+            envelopes: Vec::new(),
+            received_at,
+            top: None,
+        }
+    }
+
+    fn inside(&self, envelope: &'static str, received_at: Option<i64>) -> Ctx {
+        let mut envelopes = self.envelopes.clone();
+        envelopes.push(envelope);
+        Ctx {
+            depth: self.depth + 1,
+            envelopes,
+            received_at: received_at.or(self.received_at),
+            top: self.top.clone(),
+        }
+    }
+}
+
+struct Decoder<'a, 'o> {
+    record: &'a [u8],
+    src: &'o RecordSource,
+    sub: u32,
+    out: &'o mut Vec<Decoded<'a>>,
+}
+
+/// Fields that pick the payload kind or envelope. Borrowed, nothing copied.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(rename = "eventType", borrow, default)]
+    event_type: Option<&'a RawValue>,
+    #[serde(rename = "originationNumber", borrow, default)]
+    origination_number: Option<&'a RawValue>,
+    #[serde(rename = "messageBody", borrow, default)]
+    message_body: Option<&'a RawValue>,
+    #[serde(rename = "inboundMessageId", borrow, default)]
+    inbound_message_id: Option<&'a RawValue>,
+    #[serde(rename = "Type", borrow, default)]
+    sns_type: Option<&'a RawValue>,
+    #[serde(rename = "Message", borrow, default)]
+    sns_message: Option<&'a RawValue>,
+    #[serde(rename = "detail", borrow, default)]
+    detail: Option<&'a RawValue>,
+    #[serde(rename = "records", borrow, default)]
+    records: Option<&'a RawValue>,
+}
+
+/// A key that is present, whatever its value (even null).
+#[derive(Default, Clone, Copy)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(d).map(|_| Present(true))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProtectConfiguration {
+    #[serde(default)]
+    protect_configuration_id: Option<String>,
+    #[serde(default)]
+    protect_status: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEvent<'a> {
+    event_type: String,
+    event_timestamp: i64,
+    message_id: String,
+    #[serde(default)]
+    message_request_timestamp: Option<i64>,
+    #[serde(default)]
+    event_version: Option<String>,
+    #[serde(default)]
+    is_final: Option<bool>,
+    #[serde(default)]
+    origination_phone_number: Option<String>,
+    #[serde(default)]
+    destination_phone_number: Option<String>,
+    #[serde(default)]
+    iso_country_code: Option<String>,
+    #[serde(default)]
+    is_international_send: Option<bool>,
+    #[serde(default)]
+    mcc: Option<String>,
+    #[serde(default)]
+    mnc: Option<String>,
+    #[serde(default)]
+    carrier_name: Option<String>,
+    #[serde(default)]
+    message_encoding: Option<String>,
+    #[serde(default)]
+    message_type: Option<String>,
+    #[serde(default)]
+    message_status: Option<String>,
+    #[serde(default)]
+    message_status_description: Option<String>,
+    #[serde(default)]
+    context: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    total_message_parts: Option<u32>,
+    #[serde(borrow, default)]
+    total_message_price: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    total_carrier_fee: Option<&'a RawValue>,
+    #[serde(default)]
+    call_duration_in_seconds: Option<u32>,
+    #[serde(default)]
+    total_duration_in_minutes: Option<u32>,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    protect_configuration: Option<ProtectConfiguration>,
+    // Keys that enrichment writes (see crate::enrich::EVENT_KEYS).
+    #[serde(default)]
+    record_id: Present,
+    #[serde(default)]
+    channel: Present,
+    #[serde(default)]
+    status_class: Present,
+    #[serde(default)]
+    cost_usd: Present,
+    #[serde(default)]
+    spend_month: Present,
+    #[serde(default)]
+    month_to_date_spend_usd: Present,
+    #[serde(default)]
+    latency_ms: Present,
+    #[serde(default)]
+    destination_opted_out: Present,
+    #[serde(default)]
+    duplicate: Present,
+    #[serde(default)]
+    late_receipt: Present,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawInbound {
+    origination_number: String,
+    destination_number: String,
+    message_body: String,
+    #[serde(default)]
+    message_keyword: Option<String>,
+    #[serde(default)]
+    inbound_message_id: Option<String>,
+    #[serde(default)]
+    previous_published_message_id: Option<String>,
+    // Keys that enrichment writes (see crate::enrich::INBOUND_KEYS).
+    #[serde(default)]
+    record_id: Present,
+    #[serde(default)]
+    keyword: Present,
+    #[serde(default)]
+    action: Present,
+    #[serde(default)]
+    opt_out_list: Present,
+    #[serde(default)]
+    opted_out: Present,
+}
+
+#[derive(Deserialize)]
+struct SnsEnvelope {
+    #[serde(rename = "Type")]
+    sns_type: String,
+    #[serde(rename = "Message")]
+    message: String,
+    #[serde(rename = "Timestamp", default)]
+    timestamp: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EventBridgeEnvelope<'a> {
+    #[serde(borrow)]
+    detail: &'a RawValue,
+    #[serde(default)]
+    time: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FirehoseBatch<'a> {
+    #[serde(borrow)]
+    records: Vec<FirehoseRecord<'a>>,
+    #[serde(default)]
+    timestamp: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct FirehoseRecord<'a> {
+    #[serde(borrow)]
+    data: Cow<'a, str>,
+}
+
+/// Maps a serde error (with the path where it happened) to a reason.
+fn serde_reason(err: serde_path_to_error::Error<serde_json::Error>) -> Reason {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let full = inner.to_string();
+    let msg = match full.rfind(" at line ") {
+        Some(i) => &full[..i],
+        None => full.as_str(),
+    };
+    let in_path = |name: &str| {
+        if path == "." || path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    let backticked = |prefix: &str| {
+        msg.strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    if inner.is_syntax() || inner.is_eof() {
+        return Reason::InvalidJson {
+            detail: full.clone(),
+        };
+    }
+    if let Some(f) = backticked("missing field `") {
+        return Reason::MissingField { field: in_path(&f) };
+    }
+    if let Some(f) = backticked("duplicate field `") {
+        return Reason::DuplicateField { field: in_path(&f) };
+    }
+    if msg.starts_with("invalid type") {
+        return Reason::WrongType {
+            field: path,
+            detail: msg.to_owned(),
+        };
+    }
+    Reason::InvalidValue {
+        field: path,
+        detail: msg.to_owned(),
+    }
+}
+
+fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, Reason> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(serde_reason)
+}
+
+fn json_kind(first: u8) -> &'static str {
+    match first {
+        b'[' => "an array",
+        b'"' => "a string",
+        b't' | b'f' => "a boolean",
+        b'n' => "null",
+        _ => "a number",
+    }
+}
+
+fn money(field: &str, raw: Option<&RawValue>) -> Result<Option<Usd>, Reason> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'-' | b'0'..=b'9') => {}
+        Some(&c) => {
+            return Err(Reason::WrongType {
+                field: field.to_owned(),
+                detail: format!("expected a number (US dollars), found {}", json_kind(c)),
+            })
+        }
+        None => {
+            return Err(Reason::WrongType {
+                field: field.to_owned(),
+                detail: "empty".into(),
+            })
+        }
+    }
+    let usd = Usd::parse_exact(text).map_err(|e| Reason::InvalidMoney {
+        field: field.to_owned(),
+        detail: match e {
+            MoneyError::TooPrecise(_) | MoneyError::OutOfRange(_) | MoneyError::Syntax(_) => {
+                e.to_string()
+            }
+        },
+    })?;
+    if usd.is_negative() {
+        return Err(Reason::InvalidMoney {
+            field: field.to_owned(),
+            detail: format!("{text} is negative"),
+        });
+    }
+    Ok(Some(usd))
+}
+
+fn timestamp(field: &str, ms: i64) -> Result<i64, Reason> {
+    if (MIN_TIMESTAMP_MS..MAX_TIMESTAMP_MS).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(Reason::InvalidValue {
+            field: field.to_owned(),
+            detail: format!("{ms} is not epoch milliseconds between 2000-01-01 and 2200-01-01"),
+        })
+    }
+}
+
+fn rfc3339_ms(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// Decodes one delivery event object.
+pub fn decode_delivery(bytes: &[u8]) -> Result<(DeliveryEvent, bool), Reason> {
+    let r: RawEvent = parse(bytes)?;
+    let (channel, status_class) = classify(&r.event_type).map_err(|e| match e {
+        EventTypeError::UnknownPrefix(t) => Reason::UnknownEventType { event_type: t },
+        EventTypeError::SubscriptionFilter(t) => {
+            Reason::SubscriptionFilterEventType { event_type: t }
+        }
+    })?;
+    if r.message_id.trim().is_empty() {
+        return Err(Reason::InvalidValue {
+            field: "messageId".into(),
+            detail: "empty".into(),
+        });
+    }
+    let event_timestamp = timestamp("eventTimestamp", r.event_timestamp)?;
+    let message_request_timestamp = r
+        .message_request_timestamp
+        .map(|t| timestamp("messageRequestTimestamp", t))
+        .transpose()?;
+    let total_message_price = money("totalMessagePrice", r.total_message_price)?;
+    let total_carrier_fee = money("totalCarrierFee", r.total_carrier_fee)?;
+    let collides = [
+        r.record_id,
+        r.channel,
+        r.status_class,
+        r.cost_usd,
+        r.spend_month,
+        r.month_to_date_spend_usd,
+        r.latency_ms,
+        r.destination_opted_out,
+        r.duplicate,
+        r.late_receipt,
+    ]
+    .iter()
+    .any(|p| p.0);
+    let (protect_configuration_id, protect_status) = match r.protect_configuration {
+        Some(p) => (p.protect_configuration_id, p.protect_status),
+        None => (None, None),
+    };
+    Ok((
+        DeliveryEvent {
+            event_type: r.event_type,
+            channel,
+            status_class,
+            event_timestamp,
+            message_id: r.message_id,
+            message_request_timestamp,
+            event_version: r.event_version,
+            is_final: r.is_final,
+            origination_phone_number: r.origination_phone_number,
+            destination_phone_number: r.destination_phone_number,
+            iso_country_code: r.iso_country_code,
+            is_international_send: r.is_international_send,
+            mcc: r.mcc,
+            mnc: r.mnc,
+            carrier_name: r.carrier_name,
+            message_encoding: r.message_encoding,
+            message_type: r.message_type,
+            message_status: r.message_status,
+            message_status_description: r.message_status_description,
+            context: r.context,
+            total_message_parts: r.total_message_parts.map(i64::from),
+            total_message_price,
+            total_carrier_fee,
+            call_duration_in_seconds: r.call_duration_in_seconds.map(i64::from),
+            total_duration_in_minutes: r.total_duration_in_minutes.map(i64::from),
+            content_type: r.content_type,
+            protect_configuration_id,
+            protect_status,
+        },
+        collides,
+    ))
+}
+
+/// Decodes one inbound message object; `received_at` comes from the envelope
+/// or the record.
+pub fn decode_inbound(
+    bytes: &[u8],
+    received_at: Option<i64>,
+) -> Result<(InboundMessage, bool), Reason> {
+    let r: RawInbound = parse(bytes)?;
+    if !is_e164(&r.origination_number) {
+        return Err(Reason::InvalidPhoneNumber {
+            field: "originationNumber".into(),
+            value: r.origination_number,
+        });
+    }
+    if r.destination_number.trim().is_empty() {
+        return Err(Reason::InvalidValue {
+            field: "destinationNumber".into(),
+            detail: "empty".into(),
+        });
+    }
+    let collides = [
+        r.record_id,
+        r.keyword,
+        r.action,
+        r.opt_out_list,
+        r.opted_out,
+    ]
+    .iter()
+    .any(|p| p.0);
+    Ok((
+        InboundMessage {
+            origination_number: r.origination_number,
+            destination_number: r.destination_number,
+            message_body: r.message_body,
+            message_keyword: r.message_keyword,
+            inbound_message_id: r.inbound_message_id,
+            previous_published_message_id: r.previous_published_message_id,
+            received_at,
+        },
+        collides,
+    ))
+}
+
+impl<'a> Decoder<'a, '_> {
+    fn provenance(&mut self) -> Provenance {
+        let p = Provenance {
+            source: self.src.source.clone(),
+            partition: self.src.partition,
+            offset: self.src.offset,
+            sub: self.sub,
+        };
+        self.sub = self.sub.saturating_add(1);
+        p
+    }
+
+    /// Records a dead letter; `top` is the byte range in the record of the
+    /// original bytes, `inner` the unwrapped payload when inside an envelope.
+    fn dead(
+        &mut self,
+        reason: Reason,
+        top: Range<usize>,
+        inner: Option<&[u8]>,
+        envelopes: &[&'static str],
+    ) {
+        let provenance = self.provenance();
+        let payload = self.record.get(top).unwrap_or_default().to_vec();
+        self.out.push(Decoded::Dead(Box::new(DeadLetter {
+            reason,
+            payload,
+            inner_payload: inner.map(<[u8]>::to_vec),
+            envelopes: envelopes.to_vec(),
+            provenance,
+        })));
+    }
+
+    /// `buf` is a slice of the record starting at `base`, or an unwrapped
+    /// payload (base None).
+    fn split_and_decode(&mut self, buf: &[u8], base: Option<usize>, ctx: &Ctx) {
+        for seg in split_values(buf) {
+            match seg {
+                Segment::Value(r) => {
+                    let mut c = ctx.clone();
+                    if let (Some(b), None) = (base, &ctx.top) {
+                        c.top = Some(b + r.start..b + r.end);
+                    }
+                    self.decode_value(&buf[r.clone()], base.map(|b| b + r.start), &c);
+                }
+                Segment::Invalid(r, reason) => {
+                    let (top, inner) = match (&ctx.top, base) {
+                        (Some(t), _) => (t.clone(), Some(&buf[r])),
+                        (None, Some(b)) => (b + r.start..b + r.end, None),
+                        (None, None) => (0..self.record.len(), Some(&buf[r])),
+                    };
+                    self.dead(reason, top, inner, &ctx.envelopes);
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, reason: Reason, value: &[u8], ctx: &Ctx) {
+        let top = ctx.top.clone().unwrap_or(0..self.record.len());
+        let inner = if ctx.depth > 0 { Some(value) } else { None };
+        self.dead(reason, top, inner, &ctx.envelopes);
+    }
+
+    /// `value` is one syntactically valid JSON value.
+    fn decode_value(&mut self, value: &[u8], base: Option<usize>, ctx: &Ctx) {
+        if ctx.depth > MAX_NESTING {
+            return self.fail(Reason::NestingTooDeep { max: MAX_NESTING }, value, ctx);
+        }
+        if let Err(e) = std::str::from_utf8(value) {
+            let at = e.valid_up_to();
+            return self.fail(Reason::InvalidUtf8 { at }, value, ctx);
+        }
+        let first = value.first().copied().unwrap_or(b' ');
+        if first != b'{' {
+            return self.fail(
+                Reason::NotAnObject {
+                    found: json_kind(first),
+                },
+                value,
+                ctx,
+            );
+        }
+        let probe: Probe = match parse(value) {
+            Ok(p) => p,
+            Err(reason) => return self.fail(reason, value, ctx),
+        };
+        let raw = |this: &Self| match base {
+            Some(b) => Cow::Borrowed(&this.record[b..b + value.len()]),
+            None => Cow::Owned(value.to_vec()),
+        };
+        if probe.event_type.is_some() {
+            match decode_delivery(value) {
+                Ok((ev, collides)) => {
+                    let provenance = self.provenance();
+                    let raw = raw(self);
+                    self.out.push(Decoded::Accepted(Box::new(Accepted {
+                        payload: Payload::Delivery(ev),
+                        raw,
+                        has_enrichment_keys: collides,
+                        envelopes: ctx.envelopes.clone(),
+                        provenance,
+                    })));
+                }
+                Err(reason) => self.fail(reason, value, ctx),
+            }
+        } else if probe.origination_number.is_some()
+            || probe.message_body.is_some()
+            || probe.inbound_message_id.is_some()
+        {
+            match decode_inbound(value, ctx.received_at) {
+                Ok((msg, collides)) => {
+                    let provenance = self.provenance();
+                    let raw = raw(self);
+                    self.out.push(Decoded::Accepted(Box::new(Accepted {
+                        payload: Payload::Inbound(msg),
+                        raw,
+                        has_enrichment_keys: collides,
+                        envelopes: ctx.envelopes.clone(),
+                        provenance,
+                    })));
+                }
+                Err(reason) => self.fail(reason, value, ctx),
+            }
+        } else if probe.sns_type.is_some() && probe.sns_message.is_some() {
+            self.decode_sns(value, ctx);
+        } else if probe.detail.is_some() {
+            self.decode_eventbridge(value, base, ctx);
+        } else if probe.records.is_some() {
+            self.decode_firehose(value, ctx);
+        } else {
+            self.fail(Reason::UnknownPayload, value, ctx);
+        }
+    }
+
+    fn decode_sns(&mut self, value: &[u8], ctx: &Ctx) {
+        let env: SnsEnvelope = match parse(value) {
+            Ok(e) => e,
+            Err(r) => return self.fail(envelope_reason("sns", r), value, ctx),
+        };
+        if env.sns_type != "Notification" {
+            return self.fail(
+                Reason::InvalidEnvelope {
+                    envelope: "sns",
+                    detail: format!(
+                        "SNS message of Type {:?} carries no payload (expected Notification)",
+                        env.sns_type
+                    ),
+                },
+                value,
+                ctx,
+            );
+        }
+        let received = env.timestamp.as_deref().and_then(rfc3339_ms);
+        let inner = ctx.inside("sns", received);
+        let body = env.message.into_bytes();
+        if body.iter().all(|&b| is_ws(b)) {
+            return self.fail(Reason::EmptyRecord, &body, &inner);
+        }
+        self.split_and_decode(&body, None, &inner);
+    }
+
+    fn decode_eventbridge(&mut self, value: &[u8], base: Option<usize>, ctx: &Ctx) {
+        let env: EventBridgeEnvelope = match parse(value) {
+            Ok(e) => e,
+            Err(r) => return self.fail(envelope_reason("eventbridge", r), value, ctx),
+        };
+        let detail = env.detail.get().as_bytes();
+        if detail.first() != Some(&b'{') {
+            return self.fail(
+                Reason::InvalidEnvelope {
+                    envelope: "eventbridge",
+                    detail: format!(
+                        "detail must be an object, found {}",
+                        json_kind(detail.first().copied().unwrap_or(b'n'))
+                    ),
+                },
+                value,
+                ctx,
+            );
+        }
+        let received = env.time.as_deref().and_then(rfc3339_ms);
+        let inner = ctx.inside("eventbridge", received);
+        // detail is a sub-slice of value: keep borrowing from the record when we can.
+        let offset = detail.as_ptr() as usize - value.as_ptr() as usize;
+        self.decode_value(detail, base.map(|b| b + offset), &inner);
+    }
+
+    fn decode_firehose(&mut self, value: &[u8], ctx: &Ctx) {
+        let batch: FirehoseBatch = match parse(value) {
+            Ok(e) => e,
+            Err(r) => return self.fail(envelope_reason("firehose", r), value, ctx),
+        };
+        let inner = ctx.inside("firehose", batch.timestamp);
+        for (i, rec) in batch.records.iter().enumerate() {
+            match base64::engine::general_purpose::STANDARD.decode(rec.data.as_bytes()) {
+                Ok(bytes) if bytes.iter().all(|&b| is_ws(b)) => {
+                    self.fail(Reason::EmptyRecord, &bytes, &inner);
+                }
+                Ok(bytes) => self.split_and_decode(&bytes, None, &inner),
+                Err(e) => self.fail(
+                    Reason::InvalidBase64 {
+                        field: format!("records[{i}].data"),
+                        detail: e.to_string(),
+                    },
+                    rec.data.as_bytes(),
+                    &inner,
+                ),
+            }
+        }
+    }
+}
+
+/// Envelope structure errors are reported as `invalid_envelope`.
+fn envelope_reason(envelope: &'static str, r: Reason) -> Reason {
+    match r {
+        Reason::InvalidJson { .. } => r,
+        other => Reason::InvalidEnvelope {
+            envelope,
+            detail: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,310 @@
+//! Enriched output records: the original payload with what the core learned
+//! about it appended.
+//!
+//! The enriched JSON keeps the original object's text byte for byte (numbers
+//! are not re-formatted, key order is kept) and appends the enrichment keys.
+//! If the original object already has a key with an enrichment name (listed
+//! in [`EVENT_KEYS`] / [`INBOUND_KEYS`]), that original key is dropped so the
+//! output has each key once; the archive keeps every typed input field anyway.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::dead_letter::DeadLetter;
+use crate::model::{Channel, DeliveryEvent, InboundMessage, Provenance, StatusClass};
+use crate::money::Usd;
+use crate::optout::{InboundAction, OptOutChange, Reply};
+use crate::spend::{AlarmRecord, MonthKey};
+
+/// Keys appended to delivery events.
+pub const EVENT_KEYS: [&str; 10] = [
+    "recordId",
+    "channel",
+    "statusClass",
+    "costUsd",
+    "spendMonth",
+    "monthToDateSpendUsd",
+    "latencyMs",
+    "destinationOptedOut",
+    "duplicate",
+    "lateReceipt",
+];
+
+/// Keys appended to inbound messages.
+pub const INBOUND_KEYS: [&str; 5] = ["recordId", "keyword", "action", "optOutList", "optedOut"];
+
+/// What the core adds to a delivery event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventEnrichment {
+    /// Deterministic id from the source position (see [`Provenance::record_id`]).
+    pub record_id: String,
+    /// Channel from the eventType prefix.
+    pub channel: Channel,
+    /// Status class; null for a newer status this version does not know.
+    pub status_class: Option<StatusClass>,
+    /// The message's counted cost after this event (exact decimal string).
+    pub cost_usd: Usd,
+    /// UTC month the message's cost counts in, `YYYY-MM`.
+    pub spend_month: MonthKey,
+    /// The channel's spend in `spend_month` after this event.
+    pub month_to_date_spend_usd: Usd,
+    /// eventTimestamp - messageRequestTimestamp, when both exist.
+    pub latency_ms: Option<i64>,
+    /// Whether the destination is opted out of the origination's list, as of
+    /// processing; null when the event has no destination.
+    pub destination_opted_out: Option<bool>,
+    /// An earlier event had the same (messageId, eventType, eventTimestamp).
+    pub duplicate: bool,
+    /// The event arrived after its month closed; it was not counted.
+    pub late_receipt: bool,
+}
+
+/// What the core adds to an inbound message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundEnrichment {
+    /// Deterministic id from the source position.
+    pub record_id: String,
+    /// The matched keyword (uppercase), or null.
+    pub keyword: Option<String>,
+    /// What the message did.
+    pub action: InboundAction,
+    /// The opt-out list of the number that received it.
+    pub opt_out_list: String,
+    /// The sender's state in that list after processing.
+    pub opted_out: bool,
+}
+
+/// An accepted delivery event with its enrichment.
+#[derive(Clone, Debug)]
+pub struct EnrichedEvent {
+    /// The typed event.
+    pub event: DeliveryEvent,
+    /// The enrichment.
+    pub enrichment: EventEnrichment,
+    /// Where it came from.
+    pub provenance: Provenance,
+    /// Envelopes unwrapped, outermost first.
+    pub envelopes: Vec<&'static str>,
+    /// The enriched JSON object (one line, no trailing newline).
+    pub json: Vec<u8>,
+}
+
+/// An accepted inbound message with its enrichment.
+#[derive(Clone, Debug)]
+pub struct EnrichedInbound {
+    /// The typed message.
+    pub message: InboundMessage,
+    /// The enrichment.
+    pub enrichment: InboundEnrichment,
+    /// Where it came from.
+    pub provenance: Provenance,
+    /// Envelopes unwrapped, outermost first.
+    pub envelopes: Vec<&'static str>,
+    /// The enriched JSON object (one line, no trailing newline).
+    pub json: Vec<u8>,
+}
+
+/// Month-to-date totals of one (month, channel): one element of `spend.json`
+/// and the value of the spend changelog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpendRecord {
+    /// `YYYY-MM`, UTC.
+    pub month: MonthKey,
+    /// Channel.
+    pub channel: Channel,
+    /// Exact spend, decimal string.
+    pub spend_usd: Usd,
+    /// Distinct messages.
+    pub messages: u64,
+}
+
+/// One row of the opt-out table (`optouts.json`, opt-out changelog value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OptOutRecord {
+    /// List name.
+    pub opt_out_list: String,
+    /// E.164 number.
+    pub number: String,
+    /// Current state.
+    pub opted_out: bool,
+}
+
+/// Everything one call of the core produced, in order of production.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Enriched delivery events.
+    pub events: Vec<EnrichedEvent>,
+    /// Enriched inbound messages.
+    pub inbound: Vec<EnrichedInbound>,
+    /// Alarm state changes and limit records.
+    pub alarms: Vec<AlarmRecord>,
+    /// Replies to send (self-managed numbers).
+    pub replies: Vec<Reply>,
+    /// Dead letters.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Opt-out state changes.
+    pub optout_changes: Vec<OptOutChange>,
+    /// Spend totals that changed.
+    pub spend_changes: Vec<SpendRecord>,
+}
+
+impl Outputs {
+    /// Empties every vector, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.inbound.clear();
+        self.alarms.clear();
+        self.replies.clear();
+        self.dead_letters.clear();
+        self.optout_changes.clear();
+        self.spend_changes.clear();
+    }
+}
+
+/// Keys of a JSON object with their raw values, in order.
+struct RawEntries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawEntries<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawEntries<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    let val: &'de RawValue = m.next_value()?;
+                    v.push((k, val));
+                }
+                Ok(RawEntries(v))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// Appends the fields of `enrichment` (a struct serializing to a JSON object)
+/// to the JSON object `raw`. With `rebuild`, keys of `raw` named in `keys` are
+/// dropped first.
+pub fn splice<T: Serialize>(raw: &[u8], rebuild: bool, keys: &[&str], enrichment: &T) -> Vec<u8> {
+    let extra = match serde_json::to_vec(enrichment) {
+        Ok(v) => v,
+        // A struct of strings, numbers and booleans always serializes.
+        Err(_) => b"{}".to_vec(),
+    };
+    let extra_body = extra
+        .strip_prefix(b"{")
+        .and_then(|e| e.strip_suffix(b"}"))
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(raw.len() + extra.len() + 2);
+    if rebuild {
+        if let Ok(RawEntries(entries)) = serde_json::from_slice::<RawEntries>(raw) {
+            out.push(b'{');
+            let mut first = true;
+            for (k, v) in entries.iter().filter(|(k, _)| !keys.contains(&k.as_ref())) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                // Writing a String into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut out, k.as_ref());
+                out.push(b':');
+                out.extend_from_slice(v.get().as_bytes());
+            }
+            if !first && !extra_body.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(extra_body);
+            out.push(b'}');
+            return out;
+        }
+    }
+    let end = raw.iter().rposition(|&b| b == b'}').unwrap_or(raw.len());
+    let body = &raw[..end];
+    out.extend_from_slice(body);
+    let empty = body
+        .iter()
+        .skip(1)
+        .all(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'));
+    if !empty && !extra_body.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(extra_body);
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct E {
+        record_id: &'static str,
+        channel: &'static str,
+    }
+
+    #[test]
+    fn appends_without_touching_original_text() {
+        let raw = br#"{"totalMessagePrice":0.00581,"z":1.0e-3 , "a":[1,2]}"#;
+        let out = splice(
+            raw,
+            false,
+            &EVENT_KEYS,
+            &E {
+                record_id: "r",
+                channel: "SMS",
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            r#"{"totalMessagePrice":0.00581,"z":1.0e-3 , "a":[1,2],"recordId":"r","channel":"SMS"}"#
+        );
+    }
+
+    #[test]
+    fn colliding_keys_are_replaced_once() {
+        let raw = br#"{"channel":"X","price":0.10, "recordId" : null,"k\"q":"v"}"#;
+        let out = splice(
+            raw,
+            true,
+            &EVENT_KEYS,
+            &E {
+                record_id: "r",
+                channel: "SMS",
+            },
+        );
+        let text = String::from_utf8(out).expect("utf8");
+        assert_eq!(
+            text,
+            r#"{"price":0.10,"k\"q":"v","recordId":"r","channel":"SMS"}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid json");
+        assert_eq!(v["channel"], "SMS");
+    }
+
+    #[test]
+    fn empty_object() {
+        let out = splice(
+            b"{ }",
+            false,
+            &EVENT_KEYS,
+            &E {
+                record_id: "r",
+                channel: "SMS",
+            },
+        );
+        assert_eq!(out, br#"{ "recordId":"r","channel":"SMS"}"#.to_vec());
+    }
+}

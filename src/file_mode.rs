@@ -1,0 +1,343 @@
+//! File mode: a shell that reads JSON files, runs the core and writes the
+//! outputs as files. The embedded default of `smsvoice process`.
+//!
+//! Each input is read whole and split into top-level JSON values (JSON lines
+//! or concatenated JSON, any envelope); each value is one record, numbered
+//! from 0 in its file. A directory input stands for its files, sorted by name.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::core::{Core, Counters};
+use crate::decode::{split_values, RecordSource, Segment};
+use crate::enrich::{OptOutRecord, Outputs, SpendRecord};
+
+/// The sample payloads bundled into the binary, used when no input is given.
+pub const EMBEDDED_SAMPLES: [(&str, &[u8]); 9] = [
+    (
+        "samples/concatenated-no-delimiter.json",
+        include_bytes!("../samples/concatenated-no-delimiter.json"),
+    ),
+    (
+        "samples/eventbridge-envelope-sms.json",
+        include_bytes!("../samples/eventbridge-envelope-sms.json"),
+    ),
+    (
+        "samples/firehose-http-batch.json",
+        include_bytes!("../samples/firehose-http-batch.json"),
+    ),
+    (
+        "samples/inbound-stop.json",
+        include_bytes!("../samples/inbound-stop.json"),
+    ),
+    (
+        "samples/mms-delivered.json",
+        include_bytes!("../samples/mms-delivered.json"),
+    ),
+    (
+        "samples/sms-delivered-carrier.json",
+        include_bytes!("../samples/sms-delivered-carrier.json"),
+    ),
+    (
+        "samples/sms-successful.json",
+        include_bytes!("../samples/sms-successful.json"),
+    ),
+    (
+        "samples/sns-envelope-inbound.json",
+        include_bytes!("../samples/sns-envelope-inbound.json"),
+    ),
+    (
+        "samples/voice-completed.json",
+        include_bytes!("../samples/voice-completed.json"),
+    ),
+];
+
+/// Names of the files written into the output directory.
+pub mod files {
+    /// Enriched delivery events, one JSON object a line.
+    pub const EVENTS: &str = "enriched-events.jsonl";
+    /// Enriched inbound messages.
+    pub const INBOUND: &str = "enriched-inbound.jsonl";
+    /// Alarm state changes and LIMIT_REACHED records.
+    pub const ALARMS: &str = "alarms.jsonl";
+    /// Replies for self-managed numbers.
+    pub const REPLIES: &str = "replies.jsonl";
+    /// Dead letters.
+    pub const DEAD_LETTERS: &str = "dead-letters.jsonl";
+    /// Month-to-date spend per (month, channel), a JSON array.
+    pub const SPEND: &str = "spend.json";
+    /// Opt-out table, a JSON array.
+    pub const OPTOUTS: &str = "optouts.json";
+}
+
+/// Why file mode stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FileModeError {
+    /// An input could not be read.
+    #[error("cannot read input {path}: {source}")]
+    Unreadable {
+        /// The input path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An output could not be written.
+    #[error("cannot write output {path}: {source}")]
+    Output {
+        /// The output path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// An input: a file on disk or an embedded sample.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A path (file or directory).
+    Path(PathBuf),
+    /// Bytes bundled in the binary, with the name they are reported under.
+    Embedded(&'static str, &'static [u8]),
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Input files read.
+    pub files: usize,
+    /// Counters of the core.
+    pub counters: Counters,
+    /// Final spend per (month, channel).
+    pub spend: Vec<SpendRecord>,
+    /// Final opt-out table.
+    pub optouts: Vec<OptOutRecord>,
+}
+
+struct Sink {
+    dir: PathBuf,
+    events: BufWriter<File>,
+    inbound: BufWriter<File>,
+    alarms: BufWriter<File>,
+    replies: BufWriter<File>,
+    dead: BufWriter<File>,
+}
+
+fn create(dir: &Path, name: &str) -> Result<BufWriter<File>, FileModeError> {
+    let path = dir.join(name);
+    File::create(&path)
+        .map(|f| BufWriter::with_capacity(1 << 16, f))
+        .map_err(|source| FileModeError::Output {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+fn line<T: Serialize>(w: &mut BufWriter<File>, v: &T) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *w, v)?;
+    w.write_all(b"\n")
+}
+
+impl Sink {
+    fn open(dir: &Path) -> Result<Sink, FileModeError> {
+        fs::create_dir_all(dir).map_err(|source| FileModeError::Output {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Ok(Sink {
+            dir: dir.to_owned(),
+            events: create(dir, files::EVENTS)?,
+            inbound: create(dir, files::INBOUND)?,
+            alarms: create(dir, files::ALARMS)?,
+            replies: create(dir, files::REPLIES)?,
+            dead: create(dir, files::DEAD_LETTERS)?,
+        })
+    }
+
+    fn err(&self, source: std::io::Error) -> FileModeError {
+        FileModeError::Output {
+            path: self.dir.display().to_string(),
+            source,
+        }
+    }
+
+    fn write(&mut self, out: &Outputs) -> Result<(), FileModeError> {
+        let r = (|| -> std::io::Result<()> {
+            for e in &out.events {
+                self.events.write_all(&e.json)?;
+                self.events.write_all(b"\n")?;
+            }
+            for i in &out.inbound {
+                self.inbound.write_all(&i.json)?;
+                self.inbound.write_all(b"\n")?;
+            }
+            for a in &out.alarms {
+                line(&mut self.alarms, a)?;
+            }
+            for r in &out.replies {
+                line(&mut self.replies, r)?;
+            }
+            for d in &out.dead_letters {
+                line(&mut self.dead, d)?;
+            }
+            Ok(())
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    fn finish(
+        mut self,
+        spend: &[SpendRecord],
+        optouts: &[OptOutRecord],
+    ) -> Result<(), FileModeError> {
+        let r = (|| -> std::io::Result<()> {
+            for w in [
+                &mut self.events,
+                &mut self.inbound,
+                &mut self.alarms,
+                &mut self.replies,
+                &mut self.dead,
+            ] {
+                w.flush()?;
+            }
+            fs::write(
+                self.dir.join(files::SPEND),
+                serde_json::to_vec_pretty(spend).map_err(std::io::Error::other)?,
+            )?;
+            fs::write(
+                self.dir.join(files::OPTOUTS),
+                serde_json::to_vec_pretty(optouts).map_err(std::io::Error::other)?,
+            )?;
+            Ok(())
+        })();
+        r.map_err(|e| self.err(e))
+    }
+}
+
+/// Expands directories into their files (sorted by name) and reads each
+/// input, failing on the first unreadable one before any processing.
+fn load(inputs: &[Input]) -> Result<Vec<(String, Vec<u8>)>, FileModeError> {
+    let mut loaded = Vec::new();
+    for input in inputs {
+        match input {
+            Input::Embedded(name, bytes) => loaded.push(((*name).to_owned(), bytes.to_vec())),
+            Input::Path(p) => {
+                let unreadable = |source| FileModeError::Unreadable {
+                    path: p.display().to_string(),
+                    source,
+                };
+                let meta = fs::metadata(p).map_err(unreadable)?;
+                let mut paths = if meta.is_dir() {
+                    let mut v: Vec<PathBuf> = fs::read_dir(p)
+                        .map_err(unreadable)?
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| p.is_file())
+                        .collect();
+                    v.sort();
+                    v
+                } else {
+                    vec![p.clone()]
+                };
+                for path in paths.drain(..) {
+                    let bytes = fs::read(&path).map_err(|source| FileModeError::Unreadable {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                    loaded.push((path.display().to_string(), bytes));
+                }
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+/// Runs the core over the inputs in order and writes the outputs into `out_dir`.
+pub fn run(cfg: &Config, inputs: &[Input], out_dir: &Path) -> Result<Summary, FileModeError> {
+    let loaded = load(inputs)?;
+    let mut sink = Sink::open(out_dir)?;
+    let mut core = Core::new(cfg);
+    let mut out = Outputs::default();
+    for (name, bytes) in &loaded {
+        let source: Arc<str> = Arc::from(name.as_str());
+        for (index, seg) in split_values(bytes).into_iter().enumerate() {
+            let range = match seg {
+                Segment::Value(r) | Segment::Invalid(r, _) => r,
+            };
+            let src = RecordSource {
+                source: source.clone(),
+                partition: None,
+                offset: index as i64,
+                timestamp_ms: None,
+            };
+            core.process(&bytes[range], &src, &mut out);
+            sink.write(&out)?;
+            out.clear();
+        }
+    }
+    let spend = core.spend_totals();
+    let optouts = core.optout_table();
+    sink.finish(&spend, &optouts)?;
+    Ok(Summary {
+        files: loaded.len(),
+        counters: core.counters(),
+        spend,
+        optouts,
+    })
+}
+
+impl std::fmt::Display for Summary {
+    /// The one-screen summary printed by `smsvoice process`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.counters;
+        writeln!(f, "files read           {}", self.files)?;
+        writeln!(f, "records read         {}", c.records)?;
+        writeln!(
+            f,
+            "accepted             {} ({} delivery events, {} inbound messages)",
+            c.events + c.inbound,
+            c.events,
+            c.inbound
+        )?;
+        writeln!(f, "dead-lettered        {}", c.dead_letters)?;
+        writeln!(f, "duplicate events     {}", c.duplicates)?;
+        writeln!(
+            f,
+            "late receipts        {} (after month close, not counted)",
+            c.late
+        )?;
+        writeln!(f, "alarm/limit records  {}", c.alarms)?;
+        writeln!(f, "replies              {}", c.replies)?;
+        let opted_out = self.optouts.iter().filter(|o| o.opted_out).count();
+        writeln!(
+            f,
+            "opt-out table        {} numbers, {} opted out",
+            self.optouts.len(),
+            opted_out
+        )?;
+        writeln!(f, "spend (USD, exact):")?;
+        if self.spend.is_empty() {
+            writeln!(f, "  none")?;
+        }
+        let shown = 12;
+        for s in self.spend.iter().take(shown) {
+            writeln!(
+                f,
+                "  {}  {:<5}  {:>16}  {} messages",
+                s.month, s.channel, s.spend_usd, s.messages
+            )?;
+        }
+        if self.spend.len() > shown {
+            writeln!(
+                f,
+                "  ... {} more (see spend.json)",
+                self.spend.len() - shown
+            )?;
+        }
+        Ok(())
+    }
+}

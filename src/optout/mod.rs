@@ -1,0 +1,1233 @@
+//! Opt-out lists and inbound keywords (BRIEF section 4): a pure, deterministic
+//! state machine fed with inbound two-way messages.
+//!
+//! * Every origination identity is linked to one list ([`DEFAULT_LIST`] unless
+//!   configured in `[[optout.lists]]`); the state is kept per (list, customer
+//!   number).
+//! * The keyword is the first word of the message ([`keywords`]).
+//! * Inbound order is not guaranteed, so each stored entry remembers the
+//!   `received_at` (`as_of`) and `inboundMessageId` (`cause`) of the message
+//!   that decided it, and an older decision arriving later does not override
+//!   a newer one (see [`OptOutEngine::handle_inbound`]).
+//! * Self-managed numbers get their replies ([`Reply`]) from here; other
+//!   numbers are answered by the service, but their state is still kept.
+
+pub mod keywords;
+
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use crate::config::{
+    default_help_response, default_start_response, default_stop_response, OptOutConfig,
+};
+use crate::model::InboundMessage;
+use keywords::{Classification, NumberKeywords};
+
+/// Name of the list every origination uses unless configured otherwise.
+pub const DEFAULT_LIST: &str = "Default";
+
+/// What an inbound message asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InboundAction {
+    /// Add the customer to the list (mandatory keyword or custom `OPT_OUT`).
+    OptOut,
+    /// Remove the customer from the list (`START`, `UNSTOP`, custom `OPT_IN`).
+    OptIn,
+    /// Answer with the support contact text.
+    Help,
+    /// Custom keyword that only answers.
+    AutomaticResponse,
+    /// Ordinary text, no keyword.
+    None,
+}
+
+impl InboundAction {
+    /// The name used in records: `OPT_OUT`, `OPT_IN`, `HELP`,
+    /// `AUTOMATIC_RESPONSE`, `NONE`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            InboundAction::OptOut => "OPT_OUT",
+            InboundAction::OptIn => "OPT_IN",
+            InboundAction::Help => "HELP",
+            InboundAction::AutomaticResponse => "AUTOMATIC_RESPONSE",
+            InboundAction::None => "NONE",
+        }
+    }
+}
+
+impl fmt::Display for InboundAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A change of the stored opt-out state of one number on one list, as written
+/// to (and read back from) the changelog.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OptOutChange {
+    /// The list.
+    pub opt_out_list: String,
+    /// The customer number.
+    pub number: String,
+    /// State after the change.
+    pub opted_out: bool,
+    /// the time the deciding message was received, epoch ms, if known
+    pub as_of: Option<i64>,
+    /// inboundMessageId of the message that caused it, if known
+    pub cause: Option<String>,
+}
+
+/// A reply a self-managed number must send.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reply {
+    /// customer number to send to
+    pub to: String,
+    /// our number to send from
+    pub from: String,
+    /// Text to send.
+    pub body: String,
+    /// Action of the message answered.
+    pub action: InboundAction,
+    /// Canonical keyword of the message answered.
+    pub keyword: String,
+    /// inboundMessageId of the message answered, if known.
+    pub in_reply_to: Option<String>,
+}
+
+/// What handling one inbound message did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundOutcome {
+    /// Canonical uppercase keyword that matched; `None` when action is `None`.
+    pub keyword: Option<String>,
+    /// The action of the message.
+    pub action: InboundAction,
+    /// The list linked to our number.
+    pub opt_out_list: String,
+    /// Whether the customer is opted out of that list after processing.
+    pub opted_out: bool,
+    /// `Some` only when the stored entry changed (see
+    /// [`OptOutEngine::handle_inbound`]); to be written to the changelog.
+    pub change: Option<OptOutChange>,
+    /// Reply to send; only for self-managed numbers.
+    pub reply: Option<Reply>,
+}
+
+/// Longest key kept inline (E.164 numbers are at most 16 bytes).
+const INLINE: usize = 22;
+
+/// A customer number, inline (no heap allocation) when short, as E.164
+/// numbers always are. Hashes and compares as its text, so maps keyed by it
+/// are queried with `&str`.
+#[derive(Clone)]
+enum NumKey {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl NumKey {
+    fn new(s: &str) -> Self {
+        let b = s.as_bytes();
+        if b.len() <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..b.len()].copy_from_slice(b);
+            NumKey::Inline {
+                len: b.len() as u8,
+                buf,
+            }
+        } else {
+            NumKey::Heap(s.into())
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // The bytes were copied from a whole `str`, so they are UTF-8.
+            NumKey::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default()
+            }
+            NumKey::Heap(s) => s,
+        }
+    }
+}
+
+impl Borrow<str> for NumKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for NumKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for NumKey {}
+
+impl Hash for NumKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for NumKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// An inboundMessageId: 16 bytes for a canonical lowercase UUID (the usual
+/// form), else the text. Ordered as its text.
+#[derive(Clone, PartialEq, Eq)]
+enum CauseId {
+    Uuid([u8; 16]),
+    Text(Box<str>),
+}
+
+impl CauseId {
+    fn new(s: &str) -> Self {
+        parse_uuid(s).map_or_else(|| CauseId::Text(s.into()), CauseId::Uuid)
+    }
+
+    fn text(&self) -> String {
+        match self {
+            CauseId::Uuid(b) => format_uuid(b),
+            CauseId::Text(s) => s.to_string(),
+        }
+    }
+
+    /// Text order. For two canonical lowercase UUIDs the text order is the
+    /// byte order (fixed hyphen positions, `0-9` < `a-f`).
+    fn cmp_text(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (CauseId::Uuid(a), CauseId::Uuid(b)) => a.cmp(b),
+            (CauseId::Text(a), CauseId::Text(b)) => a.cmp(b),
+            _ => self.text().cmp(&other.text()),
+        }
+    }
+}
+
+impl fmt::Debug for CauseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text(), f)
+    }
+}
+
+const UUID_HYPHENS: [usize; 4] = [8, 13, 18, 23];
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Parses the canonical lowercase `8-4-4-4-12` form only, so that
+/// [`format_uuid`] gives back exactly the same text.
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 || UUID_HYPHENS.iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut nibbles = b
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !UUID_HYPHENS.contains(i))
+        .map(|(_, &c)| c);
+    for byte in &mut out {
+        let hi = hex_val(nibbles.next()?)?;
+        let lo = hex_val(nibbles.next()?)?;
+        *byte = hi << 4 | lo;
+    }
+    Some(out)
+}
+
+fn format_uuid(b: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push(char::from(HEX[usize::from(byte >> 4)]));
+        s.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    s
+}
+
+/// Stored state of one (list, number).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    opted_out: bool,
+    as_of: Option<i64>,
+    cause: Option<CauseId>,
+}
+
+impl Entry {
+    /// Does a decision `(as_of, cause)` override this stored one?
+    ///
+    /// A decision with no time overrides (processing order). Otherwise it
+    /// overrides a stored entry with no time, an older one, or one of the same
+    /// time whose cause is smaller (`None` < `Some`, then text order).
+    fn overridden_by(&self, as_of: Option<i64>, cause: Option<&CauseId>) -> bool {
+        match (as_of, self.as_of) {
+            (None, _) | (Some(_), None) => true,
+            (Some(t), Some(s)) => match t.cmp(&s) {
+                Ordering::Greater => true,
+                Ordering::Less => false,
+                Ordering::Equal => match (cause, self.cause.as_ref()) {
+                    (Some(a), Some(b)) => a.cmp_text(b) == Ordering::Greater,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                },
+            },
+        }
+    }
+}
+
+/// One list: its name and its entries.
+#[derive(Clone, Debug)]
+struct ListState {
+    name: Box<str>,
+    entries: HashMap<NumKey, Entry>,
+}
+
+/// Result of offering a decision to the store.
+struct Decision {
+    /// The stored entry was created or differs from before.
+    changed: bool,
+    /// Stored opted-out state afterwards.
+    opted_out: bool,
+}
+
+impl ListState {
+    fn decide(
+        &mut self,
+        number: &str,
+        opted_out: bool,
+        as_of: Option<i64>,
+        cause: Option<&str>,
+    ) -> Decision {
+        let cause = cause.map(CauseId::new);
+        let new = Entry {
+            opted_out,
+            as_of,
+            cause,
+        };
+        match self.entries.get_mut(number) {
+            Some(e) => {
+                if e.overridden_by(new.as_of, new.cause.as_ref()) && *e != new {
+                    *e = new;
+                    Decision {
+                        changed: true,
+                        opted_out,
+                    }
+                } else {
+                    Decision {
+                        changed: false,
+                        opted_out: e.opted_out,
+                    }
+                }
+            }
+            None => {
+                self.entries.insert(NumKey::new(number), new);
+                Decision {
+                    changed: true,
+                    opted_out,
+                }
+            }
+        }
+    }
+}
+
+/// Settings of one of our numbers.
+#[derive(Clone, Debug)]
+struct NumberSettings {
+    keywords: NumberKeywords,
+    self_managed: bool,
+    help_response: String,
+    stop_response: String,
+    start_response: String,
+}
+
+impl NumberSettings {
+    /// A number absent from `[[optout.numbers]]`: not toll-free, service-managed.
+    fn unconfigured() -> Self {
+        NumberSettings {
+            keywords: NumberKeywords::new(false),
+            self_managed: false,
+            help_response: default_help_response(),
+            stop_response: default_stop_response(),
+            start_response: default_start_response(),
+        }
+    }
+}
+
+/// Index of a list in [`OptOutEngine::lists`]; [`DEFAULT_LIST`] is 0.
+type ListId = usize;
+
+/// The opt-out state of every list, and the keyword settings of our numbers.
+#[derive(Clone, Debug)]
+pub struct OptOutEngine {
+    /// Lists, indexed by [`ListId`]; names are unique.
+    lists: Vec<ListState>,
+    /// List name -> id.
+    list_ids: HashMap<Box<str>, ListId>,
+    /// Origination identity -> list id (absent: [`DEFAULT_LIST`]).
+    origination_lists: HashMap<Box<str>, ListId>,
+    /// Our configured numbers.
+    numbers: HashMap<Box<str>, NumberSettings>,
+    /// Settings of numbers that are not configured.
+    unconfigured: NumberSettings,
+}
+
+impl OptOutEngine {
+    /// An engine with empty lists.
+    ///
+    /// The configuration is expected to be validated; if it is not, the first
+    /// definition of a number, of an origination's list and of a custom keyword
+    /// wins, and custom keywords that redefine built-ins, have nothing
+    /// alphanumeric, or change state on a toll-free number are ignored.
+    pub fn new(cfg: &OptOutConfig) -> Self {
+        let mut engine = OptOutEngine {
+            lists: Vec::new(),
+            list_ids: HashMap::new(),
+            origination_lists: HashMap::new(),
+            numbers: HashMap::new(),
+            unconfigured: NumberSettings::unconfigured(),
+        };
+        engine.intern_list(DEFAULT_LIST);
+        for list in &cfg.lists {
+            let id = engine.intern_list(&list.name);
+            for o in &list.originations {
+                engine
+                    .origination_lists
+                    .entry(o.as_str().into())
+                    .or_insert(id);
+            }
+        }
+        for n in &cfg.numbers {
+            engine
+                .numbers
+                .entry(n.number.as_str().into())
+                .or_insert_with(|| NumberSettings {
+                    keywords: NumberKeywords::new(n.toll_free),
+                    self_managed: n.self_managed,
+                    help_response: n.help_response.clone(),
+                    stop_response: n.stop_response.clone(),
+                    start_response: n.start_response.clone(),
+                });
+        }
+        for k in &cfg.keywords {
+            let settings = engine
+                .numbers
+                .entry(k.origination.as_str().into())
+                .or_insert_with(NumberSettings::unconfigured);
+            // Rejections are already reported by config validation.
+            let _ = settings
+                .keywords
+                .add_custom(&k.keyword, k.action, &k.response);
+        }
+        engine
+    }
+
+    fn intern_list(&mut self, name: &str) -> ListId {
+        if let Some(&id) = self.list_ids.get(name) {
+            return id;
+        }
+        let id = self.lists.len();
+        self.lists.push(ListState {
+            name: name.into(),
+            entries: HashMap::new(),
+        });
+        self.list_ids.insert(name.into(), id);
+        id
+    }
+
+    fn list_id_for(&self, origination: &str) -> ListId {
+        self.origination_lists
+            .get(origination)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// list linked to an origination identity (DEFAULT_LIST when not configured)
+    pub fn list_for(&self, origination: &str) -> &str {
+        self.lists
+            .get(self.list_id_for(origination))
+            .map_or(DEFAULT_LIST, |l| &l.name)
+    }
+
+    /// Handles one inbound message from the customer `msg.origination_number`
+    /// to our number `msg.destination_number`, on the list linked to our number.
+    ///
+    /// `OPT_OUT` / `OPT_IN` decide the customer's state. A decision with
+    /// `received_at = Some(t)` overrides the stored one only when the stored
+    /// `as_of` is unknown, older than `t`, or equal to `t` with a smaller
+    /// `inboundMessageId` (`None` < `Some`); a decision with `received_at =
+    /// None` always overrides (processing order). The stored entry keeps the
+    /// time and id of the message that decided it, even when the state itself
+    /// is unchanged (a newer `STOP` while opted out refreshes `as_of`), so
+    /// `change` is `Some` whenever the stored entry (state, `as_of` or `cause`)
+    /// changed; a decision that does not override leaves `change` `None` and
+    /// reports the current state.
+    ///
+    /// Self-managed numbers get a [`Reply`]: `HELP` -> help text; `OPT_OUT` ->
+    /// custom response or stop text, also when already opted out; `OPT_IN` ->
+    /// custom response or start text; custom `AUTOMATIC_RESPONSE` -> its
+    /// response. No reply is produced when it would contradict the stored
+    /// state: an opt-out or opt-in overridden by a newer opposite decision
+    /// (that message had its own reply), or an automatic response to a
+    /// customer who is opted out of the list. `HELP` is always answered.
+    pub fn handle_inbound(&mut self, msg: &InboundMessage) -> InboundOutcome {
+        let customer = msg.origination_number.as_str();
+        let ours = msg.destination_number.as_str();
+        let list_id = self.list_id_for(ours);
+        let settings = self.numbers.get(ours).unwrap_or(&self.unconfigured);
+        let class = settings.keywords.classify_body(&msg.message_body);
+        let action = class.action();
+        let Some(list) = self.lists.get_mut(list_id) else {
+            // Unreachable: ids come from `intern_list`.
+            return InboundOutcome {
+                keyword: class.keyword().map(str::to_owned),
+                action,
+                opt_out_list: DEFAULT_LIST.to_owned(),
+                opted_out: false,
+                change: None,
+                reply: None,
+            };
+        };
+
+        let (opted_out, change) = match action {
+            InboundAction::OptOut | InboundAction::OptIn => {
+                let want = action == InboundAction::OptOut;
+                let d = list.decide(
+                    customer,
+                    want,
+                    msg.received_at,
+                    msg.inbound_message_id.as_deref(),
+                );
+                let change = d.changed.then(|| OptOutChange {
+                    opt_out_list: list.name.to_string(),
+                    number: customer.to_owned(),
+                    opted_out: want,
+                    as_of: msg.received_at,
+                    cause: msg.inbound_message_id.clone(),
+                });
+                (d.opted_out, change)
+            }
+            _ => (
+                list.entries.get(customer).is_some_and(|e| e.opted_out),
+                None,
+            ),
+        };
+
+        let reply = if settings.self_managed {
+            reply_body(settings, &class, opted_out).map(|body| Reply {
+                to: customer.to_owned(),
+                from: ours.to_owned(),
+                body: body.to_owned(),
+                action,
+                keyword: class.keyword().unwrap_or_default().to_owned(),
+                in_reply_to: msg.inbound_message_id.clone(),
+            })
+        } else {
+            None
+        };
+
+        InboundOutcome {
+            keyword: class.keyword().map(str::to_owned),
+            action,
+            opt_out_list: list.name.to_string(),
+            opted_out,
+            change,
+            reply,
+        }
+    }
+
+    /// is `destination` opted out of the list linked to `origination`
+    pub fn is_opted_out(&self, origination: &str, destination: &str) -> bool {
+        self.lists
+            .get(self.list_id_for(origination))
+            .and_then(|l| l.entries.get(destination))
+            .is_some_and(|e| e.opted_out)
+    }
+
+    /// every (list, number, opted_out) with state, sorted by list then number
+    pub fn entries(&self) -> Vec<(&str, &str, bool)> {
+        let mut lists: Vec<&ListState> = self.lists.iter().collect();
+        lists.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let mut out = Vec::with_capacity(lists.iter().map(|l| l.entries.len()).sum());
+        for l in lists {
+            let start = out.len();
+            out.extend(
+                l.entries
+                    .iter()
+                    .map(|(k, e)| (&*l.name, k.as_str(), e.opted_out)),
+            );
+            out[start..].sort_unstable_by(|a, b| a.1.cmp(b.1));
+        }
+        out
+    }
+
+    /// apply a change read back from a changelog (state restore); same ordering rule as handle_inbound; returns true if state changed
+    ///
+    /// A list not in the configuration is created. Applying the same change
+    /// twice changes nothing the second time.
+    pub fn apply_change(&mut self, change: &OptOutChange) -> bool {
+        let id = self.intern_list(&change.opt_out_list);
+        self.lists.get_mut(id).is_some_and(|l| {
+            l.decide(
+                &change.number,
+                change.opted_out,
+                change.as_of,
+                change.cause.as_deref(),
+            )
+            .changed
+        })
+    }
+}
+
+/// The reply text for a self-managed number, `None` when there is none.
+fn reply_body<'a>(
+    settings: &'a NumberSettings,
+    class: &Classification<'a>,
+    opted_out: bool,
+) -> Option<&'a str> {
+    let custom = class.custom().map(|c| c.response.as_str());
+    match class.action() {
+        InboundAction::Help => Some(&settings.help_response),
+        InboundAction::OptOut if opted_out => Some(custom.unwrap_or(&settings.stop_response)),
+        InboundAction::OptIn if !opted_out => Some(custom.unwrap_or(&settings.start_response)),
+        InboundAction::AutomaticResponse if !opted_out => custom,
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keywords::MANDATORY_OPT_OUT;
+    use super::*;
+    use crate::config::Config;
+    use proptest::prelude::*;
+
+    const CUST: &str = "+14255550182";
+    const CUST2: &str = "+14255550183";
+    /// Marketing list, self-managed, custom keywords.
+    const MK: &str = "+12125550101";
+    /// Toll-free, self-managed, Default list.
+    const TF: &str = "+18445550100";
+    /// Configured, service-managed, Default list.
+    const SVC: &str = "+12065550100";
+    /// Not configured at all.
+    const UNK: &str = "+13105550100";
+
+    const CFG: &str = r#"
+[[optout.lists]]
+name = "Marketing"
+originations = ["+12125550101"]
+[[optout.numbers]]
+number = "+18445550100"
+toll_free = true
+self_managed = true
+help_response = "TF help"
+[[optout.numbers]]
+number = "+12125550101"
+self_managed = true
+help_response = "MK help"
+stop_response = "MK stop"
+start_response = "MK start"
+[[optout.numbers]]
+number = "+12065550100"
+[[optout.keywords]]
+origination = "+12125550101"
+keyword = "join"
+action = "OPT_IN"
+response = "joined"
+[[optout.keywords]]
+origination = "+12125550101"
+keyword = "LEAVE"
+action = "OPT_OUT"
+response = "left"
+[[optout.keywords]]
+origination = "+12125550101"
+keyword = "Hours"
+action = "AUTOMATIC_RESPONSE"
+response = "9-5"
+[[optout.keywords]]
+origination = "+18445550100"
+keyword = "INFO"
+action = "AUTOMATIC_RESPONSE"
+response = "tf info"
+"#;
+
+    fn engine() -> OptOutEngine {
+        let cfg = Config::from_toml(CFG, "test").expect("valid test config");
+        OptOutEngine::new(&cfg.optout)
+    }
+
+    fn msg_at(
+        from: &str,
+        to: &str,
+        body: &str,
+        at: Option<i64>,
+        id: Option<&str>,
+    ) -> InboundMessage {
+        InboundMessage {
+            origination_number: from.to_owned(),
+            destination_number: to.to_owned(),
+            message_body: body.to_owned(),
+            message_keyword: None,
+            inbound_message_id: id.map(str::to_owned),
+            previous_published_message_id: None,
+            received_at: at,
+        }
+    }
+
+    fn msg(from: &str, to: &str, body: &str) -> InboundMessage {
+        msg_at(from, to, body, None, None)
+    }
+
+    #[test]
+    fn action_names() {
+        for (a, s) in [
+            (InboundAction::OptOut, "OPT_OUT"),
+            (InboundAction::OptIn, "OPT_IN"),
+            (InboundAction::Help, "HELP"),
+            (InboundAction::AutomaticResponse, "AUTOMATIC_RESPONSE"),
+            (InboundAction::None, "NONE"),
+        ] {
+            assert_eq!(a.as_str(), s);
+            assert_eq!(a.to_string(), s);
+            let json = serde_json::to_string(&a).expect("serialize");
+            assert_eq!(json, format!("\"{s}\""));
+            let back: InboundAction = serde_json::from_str(&json).expect("deserialize");
+            assert_eq!(back, a);
+        }
+    }
+
+    #[test]
+    fn every_mandatory_keyword_opts_out() {
+        for k in MANDATORY_OPT_OUT {
+            for body in [k.to_owned(), k.to_lowercase(), format!("{k}.")] {
+                let mut e = engine();
+                let o = e.handle_inbound(&msg(CUST, SVC, &body));
+                assert_eq!(o.action, InboundAction::OptOut, "{body}");
+                assert_eq!(o.keyword.as_deref(), Some(k), "{body}");
+                assert!(o.opted_out, "{body}");
+                assert_eq!(o.opt_out_list, DEFAULT_LIST);
+                assert_eq!(
+                    o.change,
+                    Some(OptOutChange {
+                        opt_out_list: DEFAULT_LIST.into(),
+                        number: CUST.into(),
+                        opted_out: true,
+                        as_of: None,
+                        cause: None,
+                    })
+                );
+                assert_eq!(o.reply, None);
+                assert!(e.is_opted_out(SVC, CUST));
+            }
+        }
+    }
+
+    #[test]
+    fn first_word_decides() {
+        for body in ["Stop.", "stop!!", " STOP please", "Stop sending me these"] {
+            let mut e = engine();
+            let o = e.handle_inbound(&msg(CUST, SVC, body));
+            assert_eq!(o.action, InboundAction::OptOut, "{body:?}");
+            assert_eq!(o.keyword.as_deref(), Some("STOP"));
+            assert!(e.is_opted_out(SVC, CUST), "{body:?}");
+        }
+        for body in ["please stop", "WEEKEND", "Endless", "STOPPED", "", "!!!"] {
+            let mut e = engine();
+            let o = e.handle_inbound(&msg(CUST, SVC, body));
+            assert_eq!(o.action, InboundAction::None, "{body:?}");
+            assert_eq!(o.keyword, None);
+            assert!(!o.opted_out);
+            assert_eq!(o.change, None);
+            assert_eq!(o.reply, None);
+            assert!(!e.is_opted_out(SVC, CUST), "{body:?}");
+            assert!(e.entries().is_empty());
+        }
+    }
+
+    #[test]
+    fn help() {
+        let mut e = engine();
+        let o = e.handle_inbound(&msg(CUST, SVC, "help"));
+        assert_eq!(o.action, InboundAction::Help);
+        assert_eq!(o.keyword.as_deref(), Some("HELP"));
+        assert_eq!((o.change, o.reply), (None, None));
+        let o = e.handle_inbound(&msg(CUST, MK, "Help?"));
+        assert_eq!(o.reply.map(|r| r.body), Some("MK help".to_owned()));
+        let o = e.handle_inbound(&msg(CUST, TF, "HELP"));
+        assert_eq!(o.reply.map(|r| r.body), Some("TF help".to_owned()));
+        // HELP is answered even when opted out, and changes nothing.
+        e.handle_inbound(&msg(CUST, MK, "stop"));
+        let o = e.handle_inbound(&msg(CUST, MK, "help"));
+        assert!(o.opted_out);
+        assert_eq!(o.change, None);
+        assert_eq!(o.reply.map(|r| r.body), Some("MK help".to_owned()));
+        assert!(e.entries().len() == 1);
+    }
+
+    #[test]
+    fn start_and_unstop_opt_back_in() {
+        for word in ["START", "unstop", "Start!"] {
+            let mut e = engine();
+            e.handle_inbound(&msg(CUST, SVC, "STOP"));
+            assert!(e.is_opted_out(SVC, CUST));
+            let o = e.handle_inbound(&msg(CUST, SVC, word));
+            assert_eq!(o.action, InboundAction::OptIn);
+            assert!(!o.opted_out);
+            assert_eq!(o.change.map(|c| c.opted_out), Some(false));
+            assert!(!e.is_opted_out(SVC, CUST));
+            assert_eq!(e.entries(), vec![(DEFAULT_LIST, CUST, false)]);
+        }
+    }
+
+    #[test]
+    fn custom_keywords() {
+        let mut e = engine();
+        let o = e.handle_inbound(&msg(CUST, MK, "leave now"));
+        assert_eq!(o.action, InboundAction::OptOut);
+        assert_eq!(o.keyword.as_deref(), Some("LEAVE"));
+        assert!(o.opted_out && e.is_opted_out(MK, CUST));
+        // custom response wins over stop_response
+        assert_eq!(o.reply.map(|r| r.body), Some("left".to_owned()));
+
+        // automatic response is not sent to an opted-out customer
+        let o = e.handle_inbound(&msg(CUST, MK, "hours"));
+        assert_eq!(o.action, InboundAction::AutomaticResponse);
+        assert_eq!((o.change, o.reply), (None, None));
+
+        let o = e.handle_inbound(&msg(CUST, MK, "JOIN"));
+        assert_eq!(o.action, InboundAction::OptIn);
+        assert_eq!(o.keyword.as_deref(), Some("JOIN"));
+        assert!(!o.opted_out && !e.is_opted_out(MK, CUST));
+        assert_eq!(o.reply.map(|r| r.body), Some("joined".to_owned()));
+
+        let o = e.handle_inbound(&msg(CUST, MK, "Hours?"));
+        assert_eq!(o.action, InboundAction::AutomaticResponse);
+        assert_eq!(o.keyword.as_deref(), Some("HOURS"));
+        assert_eq!(o.change, None);
+        assert_eq!(o.reply.map(|r| r.body), Some("9-5".to_owned()));
+
+        // built-in replies of the same number
+        let o = e.handle_inbound(&msg(CUST, MK, "stop"));
+        assert_eq!(o.reply.map(|r| r.body), Some("MK stop".to_owned()));
+        let o = e.handle_inbound(&msg(CUST, MK, "start"));
+        assert_eq!(o.reply.map(|r| r.body), Some("MK start".to_owned()));
+
+        // custom keywords belong to their number only
+        for to in [SVC, TF, UNK] {
+            let o = e.handle_inbound(&msg(CUST, to, "leave"));
+            assert_eq!(o.action, InboundAction::None, "{to}");
+            assert_eq!(o.keyword, None);
+        }
+    }
+
+    #[test]
+    fn toll_free() {
+        let mut e = engine();
+        for word in ["QUIT", "cancel", "End", "ARRET", "unsubscribe", "OPT-OUT"] {
+            let o = e.handle_inbound(&msg(CUST, TF, word));
+            assert_eq!(o.action, InboundAction::None, "{word}");
+            assert_eq!((o.keyword, o.change, o.reply), (None, None, None));
+            assert!(!e.is_opted_out(TF, CUST), "{word}");
+        }
+        let o = e.handle_inbound(&msg(CUST, TF, "stop"));
+        assert_eq!(o.action, InboundAction::OptOut);
+        assert!(o.opted_out && e.is_opted_out(TF, CUST));
+        assert_eq!(o.reply.map(|r| r.body), Some(default_stop_response()));
+        // QUIT still does nothing while opted out
+        let o = e.handle_inbound(&msg(CUST, TF, "quit"));
+        assert_eq!(o.action, InboundAction::None);
+        assert!(o.opted_out);
+        for word in ["START", "unstop"] {
+            e.handle_inbound(&msg(CUST, TF, "STOP"));
+            let o = e.handle_inbound(&msg(CUST, TF, word));
+            assert_eq!(o.action, InboundAction::OptIn, "{word}");
+            assert!(!o.opted_out && !e.is_opted_out(TF, CUST));
+            assert_eq!(o.reply.map(|r| r.body), Some(default_start_response()));
+        }
+        let o = e.handle_inbound(&msg(CUST, TF, "info"));
+        assert_eq!(o.action, InboundAction::AutomaticResponse);
+        assert_eq!(o.reply.map(|r| r.body), Some("tf info".to_owned()));
+    }
+
+    #[test]
+    fn self_managed_reply_fields() {
+        let mut e = engine();
+        let o = e.handle_inbound(&msg_at(CUST, MK, "STOP pls", Some(10), Some("id-1")));
+        assert_eq!(
+            o.reply,
+            Some(Reply {
+                to: CUST.into(),
+                from: MK.into(),
+                body: "MK stop".into(),
+                action: InboundAction::OptOut,
+                keyword: "STOP".into(),
+                in_reply_to: Some("id-1".into()),
+            })
+        );
+        let json = serde_json::to_value(o.reply.as_ref().expect("reply")).expect("json");
+        assert_eq!(json["inReplyTo"], "id-1");
+        assert_eq!(json["action"], "OPT_OUT");
+        // STOP when already opted out: confirmed again
+        let o = e.handle_inbound(&msg_at(CUST, MK, "stop", Some(20), Some("id-2")));
+        assert!(o.opted_out);
+        assert_eq!(o.reply.map(|r| r.body), Some("MK stop".to_owned()));
+        // the newer decision refreshes as_of, so the change is recorded
+        assert_eq!(o.change.and_then(|c| c.as_of), Some(20));
+        // an older STOP, already opted out: reply, no change
+        let o = e.handle_inbound(&msg_at(CUST, MK, "stop", Some(5), Some("id-0")));
+        assert!(o.opted_out);
+        assert_eq!(o.change, None);
+        assert_eq!(
+            o.reply.map(|r| r.in_reply_to),
+            Some(Some("id-0".to_owned()))
+        );
+    }
+
+    #[test]
+    fn service_managed_keeps_state_without_replies() {
+        let mut e = engine();
+        for (to, cust) in [(SVC, CUST), (UNK, CUST2)] {
+            let o = e.handle_inbound(&msg(cust, to, "STOP"));
+            assert_eq!(o.action, InboundAction::OptOut);
+            assert!(o.change.is_some());
+            assert_eq!(o.reply, None);
+            assert!(e.is_opted_out(to, cust));
+            let o = e.handle_inbound(&msg(cust, to, "help"));
+            assert_eq!(o.action, InboundAction::Help);
+            assert_eq!(o.reply, None);
+        }
+        // unconfigured numbers are not toll-free
+        let o = e.handle_inbound(&msg("+15555550100", UNK, "quit"));
+        assert_eq!(o.action, InboundAction::OptOut);
+        assert_eq!(o.reply, None);
+    }
+
+    #[test]
+    fn list_mapping() {
+        let mut e = engine();
+        assert_eq!(e.list_for(MK), "Marketing");
+        for o in [SVC, TF, UNK, "pool-123"] {
+            assert_eq!(e.list_for(o), DEFAULT_LIST);
+        }
+        let o = e.handle_inbound(&msg(CUST, MK, "stop"));
+        assert_eq!(o.opt_out_list, "Marketing");
+        assert_eq!(
+            o.change.map(|c| c.opt_out_list),
+            Some("Marketing".to_owned())
+        );
+        assert!(e.is_opted_out(MK, CUST));
+        // opting out of Marketing does not opt out of Default
+        assert!(!e.is_opted_out(SVC, CUST));
+        assert!(!e.is_opted_out(TF, CUST));
+        assert!(!e.is_opted_out(UNK, CUST));
+        // Default numbers share one list
+        let o = e.handle_inbound(&msg(CUST, SVC, "stop"));
+        assert_eq!(o.opt_out_list, DEFAULT_LIST);
+        assert!(e.is_opted_out(TF, CUST) && e.is_opted_out(UNK, CUST));
+        let o = e.handle_inbound(&msg(CUST, UNK, "start"));
+        assert!(!o.opted_out && !e.is_opted_out(SVC, CUST));
+        assert!(e.is_opted_out(MK, CUST));
+    }
+
+    #[test]
+    fn older_message_arriving_later_does_not_override() {
+        let mut e = engine();
+        let o = e.handle_inbound(&msg_at(CUST, MK, "START", Some(200), Some("b")));
+        assert!(!o.opted_out);
+        let o = e.handle_inbound(&msg_at(CUST, MK, "STOP", Some(100), Some("a")));
+        assert_eq!(o.action, InboundAction::OptOut);
+        assert!(!o.opted_out, "the newer START stands");
+        assert_eq!(o.change, None);
+        // no confirmation that contradicts the state
+        assert_eq!(o.reply, None);
+        assert!(!e.is_opted_out(MK, CUST));
+        // a newer STOP does override
+        let o = e.handle_inbound(&msg_at(CUST, MK, "STOP", Some(300), Some("c")));
+        assert!(o.opted_out && o.change.is_some());
+        let o = e.handle_inbound(&msg_at(CUST, MK, "START", Some(250), Some("d")));
+        assert!(o.opted_out);
+        assert_eq!((o.change, o.reply), (None, None));
+    }
+
+    #[test]
+    fn equal_times_tie_break_on_message_id() {
+        // greater id wins whatever the arrival order
+        for order in [["a", "b"], ["b", "a"]] {
+            let mut e = engine();
+            for id in order {
+                let body = if id == "b" { "STOP" } else { "START" };
+                e.handle_inbound(&msg_at(CUST, SVC, body, Some(7), Some(id)));
+            }
+            assert!(e.is_opted_out(SVC, CUST), "{order:?}");
+        }
+        // None < Some
+        let mut e = engine();
+        e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(7), Some("x")));
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "START", Some(7), None));
+        assert!(o.opted_out && o.change.is_none());
+        let mut e = engine();
+        e.handle_inbound(&msg_at(CUST, SVC, "START", Some(7), None));
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(7), Some("x")));
+        assert!(o.opted_out && o.change.is_some());
+        // the very same message again changes nothing
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(7), Some("x")));
+        assert!(o.opted_out && o.change.is_none());
+        // UUIDs compare as their text, inline or not
+        let (lo, hi) = (
+            "0f8fad5b-d9cb-469f-a165-70867728950e",
+            "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+        );
+        for (first, second, stop_wins) in [
+            (hi, lo, true),
+            (lo, hi, false),
+            (hi, "0-not-a-uuid", true),
+            ("0-not-a-uuid", hi, false),
+            ("Z-not-a-uuid", hi, true),
+        ] {
+            let mut e = engine();
+            e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(1), Some(first)));
+            e.handle_inbound(&msg_at(CUST, SVC, "START", Some(1), Some(second)));
+            assert_eq!(e.is_opted_out(SVC, CUST), stop_wins, "{first} {second}");
+        }
+    }
+
+    #[test]
+    fn unknown_time_follows_processing_order() {
+        let mut e = engine();
+        e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(1_000), Some("a")));
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "START", None, Some("b")));
+        assert!(!o.opted_out && o.change.is_some());
+        // a timed decision overrides a stored untimed one
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(1), Some("c")));
+        assert!(o.opted_out && o.change.is_some());
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "START", None, None));
+        assert!(!o.opted_out);
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "START", None, None));
+        assert!(!o.opted_out && o.change.is_none(), "identical entry");
+    }
+
+    #[test]
+    fn apply_change_restores_state() {
+        let mut e = engine();
+        let mut log = Vec::new();
+        let inputs = [
+            (CUST, MK, "STOP", 10, "1"),
+            (CUST, SVC, "STOP", 11, "2"),
+            (CUST2, SVC, "STOP", 12, "3"),
+            (CUST2, SVC, "START", 13, "4"),
+            (CUST, MK, "START", 5, "5"),
+        ];
+        for (from, to, body, t, id) in inputs {
+            let o = e.handle_inbound(&msg_at(from, to, body, Some(t), Some(id)));
+            log.extend(o.change);
+        }
+        assert_eq!(log.len(), 4);
+        // the changelog round-trips through JSON, in camelCase
+        let json = serde_json::to_string(&log).expect("json");
+        assert!(json.contains("\"optOutList\"") && json.contains("\"asOf\""));
+        let log: Vec<OptOutChange> = serde_json::from_str(&json).expect("parse");
+
+        let mut r = engine();
+        let applied: Vec<bool> = log.iter().rev().map(|c| r.apply_change(c)).collect();
+        // CUST2's STOP@12 is older than its START@13, applied first
+        assert_eq!(applied, [true, false, true, true]);
+        assert_eq!(r.entries(), e.entries());
+        for c in &log {
+            assert!(!r.apply_change(c), "applying twice changes nothing");
+        }
+        // same ordering rule
+        let stale = OptOutChange {
+            opt_out_list: "Marketing".into(),
+            number: CUST.into(),
+            opted_out: false,
+            as_of: Some(9),
+            cause: Some("9".into()),
+        };
+        assert!(!r.apply_change(&stale));
+        assert!(r.is_opted_out(MK, CUST));
+        // then the restored engine behaves like the original one
+        let late = msg_at(CUST, MK, "START", Some(8), Some("6"));
+        assert_eq!(r.handle_inbound(&late), e.handle_inbound(&late));
+        // a list that is no longer configured is kept
+        let other = OptOutChange {
+            opt_out_list: "Old".into(),
+            ..stale
+        };
+        assert!(r.apply_change(&other));
+        assert!(r.entries().contains(&("Old", CUST, false)));
+    }
+
+    #[test]
+    fn entries_are_sorted() {
+        let mut e = engine();
+        for (from, to, body) in [
+            ("+15555550003", SVC, "STOP"),
+            ("+15555550001", MK, "STOP"),
+            ("+15555550002", SVC, "START"),
+            ("+15555550001", SVC, "STOP"),
+            ("+15555550000", MK, "JOIN"),
+            ("+15555550009", SVC, "hello"),
+        ] {
+            e.handle_inbound(&msg(from, to, body));
+        }
+        let long = "a-very-long-sender-identity-beyond-inline";
+        e.handle_inbound(&msg(long, SVC, "stop"));
+        assert_eq!(
+            e.entries(),
+            vec![
+                (DEFAULT_LIST, "+15555550001", true),
+                (DEFAULT_LIST, "+15555550002", false),
+                (DEFAULT_LIST, "+15555550003", true),
+                (DEFAULT_LIST, long, true),
+                ("Marketing", "+15555550000", false),
+                ("Marketing", "+15555550001", true),
+            ]
+        );
+        assert!(e.is_opted_out(SVC, long));
+    }
+
+    #[test]
+    fn unvalidated_config_cannot_redefine_builtins() {
+        let cfg = OptOutConfig {
+            keywords: vec![
+                crate::config::KeywordConfig {
+                    origination: SVC.into(),
+                    keyword: "stop".into(),
+                    action: crate::config::KeywordAction::OptIn,
+                    response: "x".into(),
+                },
+                crate::config::KeywordConfig {
+                    origination: SVC.into(),
+                    keyword: "WEEK".into(),
+                    action: crate::config::KeywordAction::OptOut,
+                    response: "bye".into(),
+                },
+            ],
+            ..OptOutConfig::default()
+        };
+        let mut e = OptOutEngine::new(&cfg);
+        assert_eq!(
+            e.handle_inbound(&msg(CUST, SVC, "stop")).action,
+            InboundAction::OptOut
+        );
+        assert_eq!(
+            e.handle_inbound(&msg(CUST, SVC, "weekend")).action,
+            InboundAction::None
+        );
+        assert_eq!(
+            e.handle_inbound(&msg(CUST, SVC, "week")).action,
+            InboundAction::OptOut
+        );
+    }
+
+    #[test]
+    fn uuid_round_trip() {
+        let u = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+        assert!(matches!(CauseId::new(u), CauseId::Uuid(_)));
+        assert_eq!(CauseId::new(u).text(), u);
+        for s in [
+            "7C9E6679-7425-40DE-944B-E07FC1F90AE7",
+            "7c9e6679742540de944be07fc1f90ae7",
+            "7c9e6679-7425-40de-944b-e07fc1f90ae",
+            "",
+        ] {
+            assert!(matches!(CauseId::new(s), CauseId::Text(_)), "{s}");
+            assert_eq!(CauseId::new(s).text(), s);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn uuid_order_is_text_order(a in any::<[u8; 16]>(), b in any::<[u8; 16]>()) {
+            let (sa, sb) = (format_uuid(&a), format_uuid(&b));
+            prop_assert_eq!(parse_uuid(&sa), Some(a));
+            prop_assert_eq!(CauseId::new(&sa).cmp_text(&CauseId::new(&sb)), sa.cmp(&sb));
+        }
+
+        /// Final state = state of the message with the greatest timestamp,
+        /// whatever the arrival order; the changelog restores it in any order.
+        #[test]
+        fn latest_timestamp_wins(
+            (stops, times, order, replay) in prop::collection::vec(any::<bool>(), 1..24)
+                .prop_flat_map(|stops| {
+                    let n = stops.len();
+                    (
+                        Just(stops),
+                        prop::collection::btree_set(-1_000_000i64..1_000_000, n),
+                        Just((0..n).collect::<Vec<_>>()).prop_shuffle(),
+                        Just((0..n).collect::<Vec<_>>()).prop_shuffle(),
+                    )
+                })
+        ) {
+            let times: Vec<i64> = times.into_iter().collect();
+            // `times` is sorted and distinct: message i has time times[i]
+            let newest = times.len() - 1;
+            let expected = stops[newest];
+
+            let mut e = engine();
+            let mut log = Vec::new();
+            for &i in &order {
+                let body = if stops[i] { "STOP" } else { "start" };
+                let id = format!("m{i}");
+                let o = e.handle_inbound(&msg_at(CUST, MK, body, Some(times[i]), Some(&id)));
+                prop_assert_eq!(o.opted_out, e.is_opted_out(MK, CUST));
+                log.extend(o.change);
+            }
+            prop_assert_eq!(e.is_opted_out(MK, CUST), expected);
+            prop_assert_eq!(e.entries(), vec![("Marketing", CUST, expected)]);
+
+            let mut r = engine();
+            for &j in &replay {
+                if let Some(c) = log.get(j) {
+                    r.apply_change(c);
+                }
+            }
+            for c in log.iter().skip(replay.len()) {
+                r.apply_change(c);
+            }
+            prop_assert_eq!(r.entries(), e.entries());
+        }
+
+        /// With equal timestamps the greatest (time, id) wins.
+        #[test]
+        fn ties_break_on_id(
+            (msgs, order) in prop::collection::vec((any::<bool>(), 0i64..4), 1..16)
+                .prop_flat_map(|msgs| {
+                    let n = msgs.len();
+                    (Just(msgs), Just((0..n).collect::<Vec<_>>()).prop_shuffle())
+                })
+        ) {
+            let id = |i: usize| format!("id{i:03}");
+            let expected = msgs
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, (_, t))| (*t, id(*i)))
+                .map(|(_, (stop, _))| *stop);
+            let mut e = engine();
+            for &i in &order {
+                let (stop, t) = msgs[i];
+                let body = if stop { "stop" } else { "UNSTOP" };
+                e.handle_inbound(&msg_at(CUST, TF, body, Some(t), Some(&id(i))));
+            }
+            prop_assert_eq!(Some(e.is_opted_out(TF, CUST)), expected);
+        }
+    }
+}
