@@ -276,6 +276,12 @@ impl Config {
             if a.name.trim().is_empty() {
                 return Err("spend.alarms: an alarm has an empty name".into());
             }
+            if a.name.contains(':') || a.name.chars().any(char::is_whitespace) {
+                return Err(format!(
+                    "spend.alarms: alarm name {:?} may not contain ':' or whitespace (it is part of record ids alarm:<name>:<month>:<n>)",
+                    a.name
+                ));
+            }
             if !names.insert(a.name.as_str()) {
                 return Err(format!("spend.alarms: duplicate alarm name {:?}", a.name));
             }
@@ -436,6 +442,7 @@ response = "You are subscribed. Reply STOP to stop."
             "[[optout.keywords]]\norigination=\"+1\"\nkeyword=\"STOP!\"\naction=\"OPT_IN\"\nresponse=\"x\"\n",
             "[[optout.numbers]]\nnumber=\"+18445550100\"\ntoll_free=true\n[[optout.keywords]]\norigination=\"+18445550100\"\nkeyword=\"JOIN\"\naction=\"OPT_IN\"\nresponse=\"x\"\n",
             "[[spend.limits]]\nchannel=\"SMS\"\nmonthly_limit_usd=\"0\"\n",
+            "[[spend.alarms]]\nname=\"a:b\"\nchannel=\"SMS\"\nthreshold_usd=\"1\"\ncomparison=\"GreaterThanThreshold\"\n",
             "[[spend.alarms]]\nname=\"a\"\nchannel=\"SMS\"\nthreshold_usd=\"1\"\ncomparison=\"GreaterThanThreshold\"\n[[spend.alarms]]\nname=\"a\"\nchannel=\"MMS\"\nthreshold_usd=\"1\"\ncomparison=\"GreaterThanThreshold\"\n",
             "[[spend.alarms]]\nname=\"a\"\nchannel=\"FAX\"\nthreshold_usd=\"1\"\ncomparison=\"GreaterThanThreshold\"\n",
             "[[spend.alarms]]\nname=\"a\"\nchannel=\"SMS\"\nthreshold_usd=\"0.1.2\"\ncomparison=\"GreaterThanThreshold\"\n",

@@ -92,6 +92,17 @@ fn is_ws(b: u8) -> bool {
 /// whitespace) and invalid spans. After an invalid span the scan resumes at
 /// the next line, so one bad line of a JSON-lines file costs only that line.
 pub fn split_values(bytes: &[u8]) -> Vec<Segment> {
+    split_probed(bytes, false)
+        .into_iter()
+        .map(|(seg, _)| seg)
+        .collect()
+}
+
+/// [`split_values`], also returning for each object the probe of its kind
+/// fields when `probe` is set: the scan that finds where a value ends reads
+/// those fields on the way, so the hot path reads each object once before its
+/// typed decoding.
+fn split_probed(bytes: &[u8], probe: bool) -> Vec<(Segment, Option<Probe>)> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
@@ -101,12 +112,22 @@ pub fn split_values(bytes: &[u8]) -> Vec<Segment> {
         if pos >= bytes.len() {
             break;
         }
+        if probe && bytes[pos] == b'{' {
+            let mut stream =
+                serde_json::Deserializer::from_slice(&bytes[pos..]).into_iter::<Probe>();
+            if let Some(Ok(p)) = stream.next() {
+                let end = pos + stream.byte_offset();
+                out.push((Segment::Value(pos..end), Some(p)));
+                pos = end;
+                continue;
+            }
+        }
         let mut stream =
             serde_json::Deserializer::from_slice(&bytes[pos..]).into_iter::<IgnoredAny>();
         match stream.next() {
             Some(Ok(_)) => {
                 let end = pos + stream.byte_offset();
-                out.push(Segment::Value(pos..end));
+                out.push((Segment::Value(pos..end), None));
                 pos = end;
             }
             Some(Err(e)) => {
@@ -123,7 +144,7 @@ pub fn split_values(bytes: &[u8]) -> Vec<Segment> {
                         detail: e.to_string(),
                     },
                 };
-                out.push(Segment::Invalid(pos..end, reason));
+                out.push((Segment::Invalid(pos..end, reason), None));
                 pos = end;
             }
             None => break,
@@ -187,25 +208,26 @@ struct Decoder<'a, 'o> {
     out: &'o mut Vec<Decoded<'a>>,
 }
 
-/// Fields that pick the payload kind or envelope. Borrowed, nothing copied.
+/// Keys that pick the payload kind or envelope: presence only (even `null`
+/// counts, so `"eventType": null` is a delivery event with a wrong type).
 #[derive(Deserialize)]
-struct Probe<'a> {
-    #[serde(rename = "eventType", borrow, default)]
-    event_type: Option<&'a RawValue>,
-    #[serde(rename = "originationNumber", borrow, default)]
-    origination_number: Option<&'a RawValue>,
-    #[serde(rename = "messageBody", borrow, default)]
-    message_body: Option<&'a RawValue>,
-    #[serde(rename = "inboundMessageId", borrow, default)]
-    inbound_message_id: Option<&'a RawValue>,
-    #[serde(rename = "Type", borrow, default)]
-    sns_type: Option<&'a RawValue>,
-    #[serde(rename = "Message", borrow, default)]
-    sns_message: Option<&'a RawValue>,
-    #[serde(rename = "detail", borrow, default)]
-    detail: Option<&'a RawValue>,
-    #[serde(rename = "records", borrow, default)]
-    records: Option<&'a RawValue>,
+struct Probe {
+    #[serde(rename = "eventType", default)]
+    event_type: Present,
+    #[serde(rename = "originationNumber", default)]
+    origination_number: Present,
+    #[serde(rename = "messageBody", default)]
+    message_body: Present,
+    #[serde(rename = "inboundMessageId", default)]
+    inbound_message_id: Present,
+    #[serde(rename = "Type", default)]
+    sns_type: Present,
+    #[serde(rename = "Message", default)]
+    sns_message: Present,
+    #[serde(rename = "detail", default)]
+    detail: Present,
+    #[serde(rename = "records", default)]
+    records: Present,
 }
 
 /// A key that is present, whatever its value (even null).
@@ -401,9 +423,21 @@ fn serde_reason(err: serde_path_to_error::Error<serde_json::Error>) -> Reason {
     }
 }
 
+/// Deserializes with plain serde_json (fast path); only when that fails is the
+/// input parsed again with path tracking, to name the field in the reason.
 fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, Reason> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(serde_reason)
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            match serde_path_to_error::deserialize::<_, T>(&mut de) {
+                Err(e) => Err(serde_reason(e)),
+                // Both parsers see the same bytes; this cannot disagree, but
+                // if it did the value is still valid.
+                Ok(v) => Ok(v),
+            }
+        }
+    }
 }
 
 fn json_kind(first: u8) -> &'static str {
@@ -620,14 +654,14 @@ impl<'a> Decoder<'a, '_> {
     /// `buf` is a slice of the record starting at `base`, or an unwrapped
     /// payload (base None).
     fn split_and_decode(&mut self, buf: &[u8], base: Option<usize>, ctx: &Ctx) {
-        for seg in split_values(buf) {
+        for (seg, probe) in split_probed(buf, true) {
             match seg {
                 Segment::Value(r) => {
                     let mut c = ctx.clone();
                     if let (Some(b), None) = (base, &ctx.top) {
                         c.top = Some(b + r.start..b + r.end);
                     }
-                    self.decode_value(&buf[r.clone()], base.map(|b| b + r.start), &c);
+                    self.decode_value(&buf[r.clone()], base.map(|b| b + r.start), &c, probe);
                 }
                 Segment::Invalid(r, reason) => {
                     let (top, inner) = match (&ctx.top, base) {
@@ -648,7 +682,13 @@ impl<'a> Decoder<'a, '_> {
     }
 
     /// `value` is one syntactically valid JSON value.
-    fn decode_value(&mut self, value: &[u8], base: Option<usize>, ctx: &Ctx) {
+    fn decode_value(
+        &mut self,
+        value: &[u8],
+        base: Option<usize>,
+        ctx: &Ctx,
+        probe: Option<Probe>,
+    ) {
         if ctx.depth > MAX_NESTING {
             return self.fail(Reason::NestingTooDeep { max: MAX_NESTING }, value, ctx);
         }
@@ -666,15 +706,18 @@ impl<'a> Decoder<'a, '_> {
                 ctx,
             );
         }
-        let probe: Probe = match parse(value) {
-            Ok(p) => p,
-            Err(reason) => return self.fail(reason, value, ctx),
+        let probe = match probe {
+            Some(p) => p,
+            None => match parse(value) {
+                Ok(p) => p,
+                Err(reason) => return self.fail(reason, value, ctx),
+            },
         };
         let raw = |this: &Self| match base {
             Some(b) => Cow::Borrowed(&this.record[b..b + value.len()]),
             None => Cow::Owned(value.to_vec()),
         };
-        if probe.event_type.is_some() {
+        if probe.event_type.0 {
             match decode_delivery(value) {
                 Ok((ev, collides)) => {
                     let provenance = self.provenance();
@@ -689,9 +732,9 @@ impl<'a> Decoder<'a, '_> {
                 }
                 Err(reason) => self.fail(reason, value, ctx),
             }
-        } else if probe.origination_number.is_some()
-            || probe.message_body.is_some()
-            || probe.inbound_message_id.is_some()
+        } else if probe.origination_number.0
+            || probe.message_body.0
+            || probe.inbound_message_id.0
         {
             match decode_inbound(value, ctx.received_at) {
                 Ok((msg, collides)) => {
@@ -707,11 +750,11 @@ impl<'a> Decoder<'a, '_> {
                 }
                 Err(reason) => self.fail(reason, value, ctx),
             }
-        } else if probe.sns_type.is_some() && probe.sns_message.is_some() {
+        } else if probe.sns_type.0 && probe.sns_message.0 {
             self.decode_sns(value, ctx);
-        } else if probe.detail.is_some() {
+        } else if probe.detail.0 {
             self.decode_eventbridge(value, base, ctx);
-        } else if probe.records.is_some() {
+        } else if probe.records.0 {
             self.decode_firehose(value, ctx);
         } else {
             self.fail(Reason::UnknownPayload, value, ctx);
@@ -768,7 +811,7 @@ impl<'a> Decoder<'a, '_> {
         let inner = ctx.inside("eventbridge", received);
         // detail is a sub-slice of value: keep borrowing from the record when we can.
         let offset = detail.as_ptr() as usize - value.as_ptr() as usize;
-        self.decode_value(detail, base.map(|b| b + offset), &inner);
+        self.decode_value(detail, base.map(|b| b + offset), &inner, None);
     }
 
     fn decode_firehose(&mut self, value: &[u8], ctx: &Ctx) {

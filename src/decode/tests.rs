@@ -549,3 +549,10 @@ fn split_values_spans() {
     assert!(matches!(s[2], Segment::Invalid(ref r, _) if *r == (8..12)));
     assert_eq!(s[3], Segment::Value(13..16));
 }
+
+#[test]
+fn null_kind_field_still_picks_the_kind() {
+    let dl = dead(br#"{"eventType":null,"eventTimestamp":1762000000950,"messageId":"m"}"#);
+    assert_eq!(dl.reason.code(), "wrong_type");
+    assert_eq!(dl.reason.field(), Some("eventType"));
+}
