@@ -163,24 +163,42 @@ impl Usd {
 impl fmt::Display for Usd {
     /// Shortest exact decimal: `0.01181`, `80`, `-0.5`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let neg = self.0 < 0;
+        // Digits are written right to left into a stack buffer: this runs
+        // for several amounts of every enriched record.
+        let mut buf = [0u8; 48];
+        let mut pos = buf.len();
         let abs = self.0.unsigned_abs();
         let scale = Self::SCALE as u128;
-        let int = abs / scale;
+        let mut int = abs / scale;
         let mut frac = abs % scale;
-        if neg {
-            f.write_str("-")?;
-        }
-        write!(f, "{int}")?;
         if frac != 0 {
-            let mut width = SCALE_DIGITS as usize;
+            let mut width = SCALE_DIGITS;
             while frac % 10 == 0 {
                 frac /= 10;
                 width -= 1;
             }
-            write!(f, ".{frac:0width$}")?;
+            for _ in 0..width {
+                pos -= 1;
+                buf[pos] = b'0' + (frac % 10) as u8;
+                frac /= 10;
+            }
+            pos -= 1;
+            buf[pos] = b'.';
         }
-        Ok(())
+        loop {
+            pos -= 1;
+            buf[pos] = b'0' + (int % 10) as u8;
+            int /= 10;
+            if int == 0 {
+                break;
+            }
+        }
+        if self.0 < 0 {
+            pos -= 1;
+            buf[pos] = b'-';
+        }
+        // Only ASCII digits, '.' and '-' were written.
+        f.write_str(std::str::from_utf8(&buf[pos..]).unwrap_or("?"))
     }
 }
 
