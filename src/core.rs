@@ -9,8 +9,8 @@
 use crate::config::Config;
 use crate::decode::{decode_record, Accepted, Decoded, RecordSource};
 use crate::enrich::{
-    splice, EnrichedEvent, EnrichedInbound, EventEnrichment, InboundEnrichment, OptOutRecord,
-    Outputs, SpendRecord, EVENT_KEYS, INBOUND_KEYS,
+    destination_opted_out, splice, EnrichedEvent, EnrichedInbound, EventEnrichment,
+    InboundEnrichment, OptOutRecord, Outputs, SpendRecord, EVENT_KEYS, INBOUND_KEYS,
 };
 use crate::model::{DeliveryEvent, InboundMessage, Payload};
 use crate::money::Usd;
@@ -134,24 +134,15 @@ impl Core {
                 messages: totals.messages,
             });
         }
-        let destination_opted_out =
-            match (&ev.origination_phone_number, &ev.destination_phone_number) {
-                (Some(o), Some(d)) => Some(self.optout.is_opted_out(o, d)),
-                (None, Some(d)) => Some(self.optout.is_opted_out("", d)),
-                (_, None) => None,
-            };
-        EventEnrichment {
+        let optout = &self.optout;
+        let opted_out = destination_opted_out(ev, |o, d| optout.is_opted_out(o, d));
+        EventEnrichment::new(
+            ev,
+            &outcome,
             record_id,
-            channel: ev.channel,
-            status_class: ev.status_class,
-            cost_usd: outcome.cost,
-            spend_month: outcome.month,
-            month_to_date_spend_usd: outcome.month_to_date.spend,
-            latency_ms: ev.message_request_timestamp.map(|r| ev.event_timestamp - r),
-            destination_opted_out,
-            duplicate: outcome.duplicate,
-            late_receipt: outcome.late,
-        }
+            opted_out,
+            outcome.month_to_date.spend,
+        )
     }
 
     fn inbound(
@@ -162,6 +153,7 @@ impl Core {
     ) -> InboundEnrichment {
         self.counters.inbound += 1;
         let o = self.optout.handle_inbound(msg);
+        let enrichment = InboundEnrichment::new(&o, record_id);
         if let Some(c) = o.change {
             out.optout_changes.push(c);
         }
@@ -169,13 +161,7 @@ impl Core {
             self.counters.replies += 1;
             out.replies.push(r);
         }
-        InboundEnrichment {
-            record_id,
-            keyword: o.keyword,
-            action: o.action,
-            opt_out_list: o.opt_out_list,
-            opted_out: o.opted_out,
-        }
+        enrichment
     }
 
     /// Month-to-date totals of every (month, channel) seen, sorted.

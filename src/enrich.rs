@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use crate::dead_letter::DeadLetter;
 use crate::model::{Channel, DeliveryEvent, InboundMessage, Provenance, StatusClass};
 use crate::money::Usd;
-use crate::optout::{InboundAction, OptOutChange, Reply};
-use crate::spend::{AlarmRecord, MonthKey};
+use crate::optout::{InboundAction, InboundOutcome, OptOutChange, Reply};
+use crate::spend::{AlarmRecord, LedgerOutcome, MonthKey};
 
 /// Keys appended to delivery events.
 pub const EVENT_KEYS: [&str; 10] = [
@@ -78,6 +78,57 @@ pub struct InboundEnrichment {
     pub opt_out_list: String,
     /// The sender's state in that list after processing.
     pub opted_out: bool,
+}
+
+impl EventEnrichment {
+    /// The enrichment of `ev` after the ledger applied it. `destination_opted_out`
+    /// is looked up in the list of the origination (`None` without a
+    /// destination); `month_to_date` is the channel's spend in the message's
+    /// month after this event.
+    pub fn new(
+        ev: &DeliveryEvent,
+        outcome: &LedgerOutcome,
+        record_id: String,
+        destination_opted_out: Option<bool>,
+        month_to_date: Usd,
+    ) -> EventEnrichment {
+        EventEnrichment {
+            record_id,
+            channel: ev.channel,
+            status_class: ev.status_class,
+            cost_usd: outcome.cost,
+            spend_month: outcome.month,
+            month_to_date_spend_usd: month_to_date,
+            latency_ms: ev.message_request_timestamp.map(|r| ev.event_timestamp - r),
+            destination_opted_out,
+            duplicate: outcome.duplicate,
+            late_receipt: outcome.late,
+        }
+    }
+}
+
+impl InboundEnrichment {
+    /// The enrichment of an inbound message after the opt-out engine handled it.
+    pub fn new(outcome: &InboundOutcome, record_id: String) -> InboundEnrichment {
+        InboundEnrichment {
+            record_id,
+            keyword: outcome.keyword.clone(),
+            action: outcome.action,
+            opt_out_list: outcome.opt_out_list.clone(),
+            opted_out: outcome.opted_out,
+        }
+    }
+}
+
+/// Looks up whether the destination of `ev` is opted out, with `lookup(origination, destination)`.
+/// An event without an origination uses the list of the empty origination (`Default`).
+pub fn destination_opted_out(
+    ev: &DeliveryEvent,
+    lookup: impl Fn(&str, &str) -> bool,
+) -> Option<bool> {
+    ev.destination_phone_number
+        .as_deref()
+        .map(|d| lookup(ev.origination_phone_number.as_deref().unwrap_or(""), d))
 }
 
 /// An accepted delivery event with its enrichment.

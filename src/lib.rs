@@ -23,3 +23,4 @@ pub mod model;
 pub mod money;
 pub mod optout;
 pub mod spend;
+pub mod stages;

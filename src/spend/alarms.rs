@@ -197,4 +197,68 @@ impl AlarmEngine {
     pub fn limit_reached(&self, channel: Channel, month: MonthKey) -> bool {
         self.limits_reached.contains(&(channel, month))
     }
+
+    /// The alarm and limit state of one (month, channel), to be written to a
+    /// changelog next to its totals.
+    pub fn snapshot(&self, month: MonthKey, channel: Channel) -> AlarmSnapshot {
+        let alarms = self
+            .alarms
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.channel == channel)
+            .filter_map(|(i, a)| {
+                self.states.get(&(i, month)).map(|st| AlarmStateEntry {
+                    name: a.name.clone(),
+                    state: st.state,
+                    transitions: st.transitions,
+                })
+            })
+            .collect();
+        AlarmSnapshot {
+            alarms,
+            limit_reached: self.limit_reached(channel, month),
+        }
+    }
+
+    /// Restores the state of one (month, channel) read back from a changelog,
+    /// so that a restarted owner neither repeats nor renumbers transitions.
+    /// Alarms no longer configured are ignored.
+    pub fn restore(&mut self, month: MonthKey, channel: Channel, snap: &AlarmSnapshot) {
+        for entry in &snap.alarms {
+            if let Some(&i) = self.by_name.get(&entry.name) {
+                self.states.insert(
+                    (i, month),
+                    MonthState {
+                        state: entry.state,
+                        transitions: entry.transitions,
+                    },
+                );
+            }
+        }
+        if snap.limit_reached {
+            self.limits_reached.insert((channel, month));
+        }
+    }
+}
+
+/// Alarm and limit state of one (month, channel).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlarmSnapshot {
+    /// State of each alarm of the channel that was evaluated in the month.
+    pub alarms: Vec<AlarmStateEntry>,
+    /// Whether LIMIT_REACHED was emitted.
+    pub limit_reached: bool,
+}
+
+/// State of one alarm in one month.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlarmStateEntry {
+    /// Alarm name.
+    pub name: String,
+    /// Current state.
+    pub state: AlarmState,
+    /// Transitions so far (the `n` of the last record id).
+    pub transitions: u32,
 }

@@ -97,6 +97,10 @@ pub struct LedgerOutcome {
     /// The event's month is closed and its message is no longer tracked: it
     /// was not counted.
     pub late: bool,
+    /// The same source position was already applied (a replay of the very
+    /// same input record, not a redelivery by the bridge): nothing changed
+    /// and the caller should not emit it again.
+    pub replayed: bool,
     /// Totals of (`month`, `channel`) after this event.
     pub month_to_date: Totals,
     /// Buckets whose totals changed because of this event (0, 1 or 2 entries),
@@ -131,6 +135,8 @@ struct Entry {
     min_event_ts: i64,
     /// `(eventType id, eventTimestamp)` pairs seen, for duplicate detection.
     seen: Vec<(u32, i64)>,
+    /// Hashes of the source positions applied (see [`SpendLedger::apply_at`]).
+    positions: Vec<u64>,
     /// The latest priced event, whose cost is the counted cost.
     best: Option<Priced>,
 }
@@ -245,16 +251,40 @@ impl SpendLedger {
 
     /// Applies one delivery event and says what it changed.
     pub fn apply(&mut self, ev: &DeliveryEvent) -> LedgerOutcome {
-        let outcome = self.apply_inner(ev);
+        self.apply_at(ev, None)
+    }
+
+    /// Applies one delivery event read from a source position (a hash of
+    /// topic, partition, offset and sub). A second application of the same
+    /// position to a tracked message — a replay after a crash, as opposed to
+    /// a redelivery by the bridge, which has its own position — changes
+    /// nothing and is reported `replayed`.
+    pub fn apply_at(&mut self, ev: &DeliveryEvent, position: Option<u64>) -> LedgerOutcome {
+        let outcome = self.apply_inner(ev, position);
         self.advance_watermark(ev.event_timestamp);
         outcome
     }
 
-    fn apply_inner(&mut self, ev: &DeliveryEvent) -> LedgerOutcome {
+    fn apply_inner(&mut self, ev: &DeliveryEvent, position: Option<u64>) -> LedgerOutcome {
         let own_cost = self.event_cost(ev);
         let Some(entry) = self.entries.get(ev.message_id.as_str()) else {
-            return self.apply_new(ev, own_cost);
+            return self.apply_new(ev, own_cost, position);
         };
+        if let Some(pos) = position {
+            if entry.positions.contains(&pos) {
+                let (month, channel, cost) = (entry.month, entry.channel, entry.counted());
+                return LedgerOutcome {
+                    month,
+                    channel,
+                    cost,
+                    duplicate: true,
+                    late: false,
+                    replayed: true,
+                    month_to_date: self.total(month, channel),
+                    changed: Vec::new(),
+                };
+            }
+        }
 
         let min_request_ts = min_opt(entry.min_request_ts, ev.message_request_timestamp);
         let min_event_ts = entry.min_event_ts.min(ev.event_timestamp);
@@ -270,6 +300,7 @@ impl SpendLedger {
                 cost: own_cost.unwrap_or(Usd::ZERO),
                 duplicate,
                 late: true,
+                replayed: false,
                 month_to_date: self.total(new_month, channel),
                 changed: Vec::new(),
             };
@@ -279,11 +310,14 @@ impl SpendLedger {
         let types = &self.types;
         let Some(entry) = self.entries.get_mut(ev.message_id.as_str()) else {
             // The entry was found above and nothing removed it since.
-            return self.apply_new(ev, own_cost);
+            return self.apply_new(ev, own_cost, position);
         };
         let old_cost = entry.counted();
         if !duplicate {
             entry.seen.push((ty, ev.event_timestamp));
+        }
+        if let Some(pos) = position {
+            entry.positions.push(pos);
         }
         entry.min_request_ts = min_request_ts;
         entry.min_event_ts = min_event_ts;
@@ -320,13 +354,19 @@ impl SpendLedger {
             cost: new_cost,
             duplicate,
             late: false,
+            replayed: false,
             month_to_date: self.total(new_month, channel),
             changed,
         }
     }
 
     /// First event of a message that has no entry.
-    fn apply_new(&mut self, ev: &DeliveryEvent, own_cost: Option<Usd>) -> LedgerOutcome {
+    fn apply_new(
+        &mut self,
+        ev: &DeliveryEvent,
+        own_cost: Option<Usd>,
+        position: Option<u64>,
+    ) -> LedgerOutcome {
         let month = attribution_month(ev.message_request_timestamp, ev.event_timestamp);
         let channel = ev.channel;
         if self.sealed.contains(&month) {
@@ -336,6 +376,7 @@ impl SpendLedger {
                 cost: own_cost.unwrap_or(Usd::ZERO),
                 duplicate: false,
                 late: true,
+                replayed: false,
                 month_to_date: self.total(month, channel),
                 changed: Vec::new(),
             };
@@ -352,6 +393,7 @@ impl SpendLedger {
             min_request_ts: ev.message_request_timestamp,
             min_event_ts: ev.event_timestamp,
             seen: vec![(ty, ev.event_timestamp)],
+            positions: position.into_iter().collect(),
             best,
         };
         let cost = entry.counted();
@@ -364,6 +406,7 @@ impl SpendLedger {
             cost,
             duplicate: false,
             late: false,
+            replayed: false,
             month_to_date: t,
             changed: vec![(month, channel, t)],
         }

@@ -24,7 +24,7 @@ pub mod alarms;
 pub mod ledger;
 pub mod month;
 
-pub use alarms::{AlarmEngine, AlarmRecord, AlarmState};
+pub use alarms::{AlarmEngine, AlarmRecord, AlarmSnapshot, AlarmState, AlarmStateEntry};
 pub use ledger::{LedgerOutcome, SpendLedger, Totals};
 pub use month::{MonthKey, ParseMonthError};
 

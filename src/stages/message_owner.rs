@@ -1,0 +1,165 @@
+//! Stage 2a: the owner of the messages of one partition of the
+//! events-by-message topic.
+//!
+//! Runs the spend ledger for its messages (dedupe, latest priced event, month
+//! attribution, eviction) and publishes the partition's partial totals per
+//! (month, channel) as absolute values, so replaying an output never changes a
+//! sum. A forwarded record whose original position was already applied (a
+//! replay of the router after a crash) is recognised and emits nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::SpendConfig;
+use crate::dead_letter::DeadLetter;
+use crate::decode::decode_delivery;
+use crate::enrich::{destination_opted_out, splice, EnrichedEvent, EventEnrichment, EVENT_KEYS};
+use crate::model::Provenance;
+use crate::spend::SpendLedger;
+use crate::stages::forward::{self, position_hash};
+use crate::stages::view::{PartialTotal, View};
+
+/// What the owner produced for one forwarded record.
+#[derive(Debug, Default)]
+pub struct OwnerOutputs {
+    /// Enriched events.
+    pub events: Vec<EnrichedEvent>,
+    /// Partial totals that changed (absolute values).
+    pub partials: Vec<PartialTotal>,
+    /// Forwarded records that could not be read (version skew, corruption).
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl OwnerOutputs {
+    /// Empties the vectors, keeping their allocations.
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.partials.clear();
+        self.dead_letters.clear();
+    }
+}
+
+/// The ledger of one partition's messages.
+#[derive(Debug)]
+pub struct MessageOwner {
+    partition: i32,
+    ledger: SpendLedger,
+    sources: HashMap<Box<str>, Arc<str>>,
+}
+
+impl MessageOwner {
+    /// An empty owner of `partition`.
+    pub fn new(cfg: &SpendConfig, partition: i32) -> MessageOwner {
+        MessageOwner {
+            partition,
+            ledger: SpendLedger::new(cfg),
+            sources: HashMap::new(),
+        }
+    }
+
+    /// Processes one forwarded record; `at` is its own position (in the
+    /// internal topic), used only to name it in a dead letter.
+    pub fn process(&mut self, record: &[u8], at: &Provenance, view: &View, out: &mut OwnerOutputs) {
+        let sources = &mut self.sources;
+        let mut intern = |s: &str| -> Arc<str> {
+            if let Some(a) = sources.get(s) {
+                return a.clone();
+            }
+            let a: Arc<str> = Arc::from(s);
+            sources.insert(s.into(), a.clone());
+            a
+        };
+        let f = match forward::decode(record, &mut intern) {
+            Ok(f) => f,
+            Err(reason) => {
+                out.dead_letters.push(dead(reason, record, None, at));
+                return;
+            }
+        };
+        let (ev, has_keys) = match decode_delivery(f.payload) {
+            Ok(x) => x,
+            Err(reason) => {
+                out.dead_letters
+                    .push(dead(reason, f.payload, Some(record), &f.provenance));
+                return;
+            }
+        };
+        let outcome = self
+            .ledger
+            .apply_at(&ev, Some(position_hash(&f.provenance)));
+        if outcome.replayed {
+            return;
+        }
+        for (month, channel, totals) in &outcome.changed {
+            out.partials.push(PartialTotal {
+                month: *month,
+                channel: *channel,
+                partition: self.partition,
+                spend_usd: totals.spend,
+                messages: totals.messages,
+            });
+        }
+        let opted_out = destination_opted_out(&ev, |o, d| view.is_opted_out(o, d));
+        let mtd = view.month_to_date(
+            outcome.month,
+            outcome.channel,
+            self.partition,
+            outcome.month_to_date.spend,
+        );
+        let enrichment =
+            EventEnrichment::new(&ev, &outcome, f.provenance.record_id(), opted_out, mtd);
+        let json = splice(f.payload, has_keys, &EVENT_KEYS, &enrichment);
+        out.events.push(EnrichedEvent {
+            event: ev,
+            enrichment,
+            provenance: f.provenance,
+            envelopes: f.envelopes,
+            json,
+        });
+    }
+
+    /// The partition's partial totals of every (month, channel), for a
+    /// restore check or a full republish.
+    pub fn partials(&self) -> Vec<PartialTotal> {
+        self.ledger
+            .totals()
+            .into_iter()
+            .map(|(month, channel, t)| PartialTotal {
+                month,
+                channel,
+                partition: self.partition,
+                spend_usd: t.spend,
+                messages: t.messages,
+            })
+            .collect()
+    }
+
+    /// The ledger (read-only).
+    pub fn ledger(&self) -> &SpendLedger {
+        &self.ledger
+    }
+}
+
+fn dead(
+    reason: crate::dead_letter::Reason,
+    payload: &[u8],
+    inner_of: Option<&[u8]>,
+    at: &Provenance,
+) -> DeadLetter {
+    match inner_of {
+        Some(outer) => DeadLetter {
+            reason,
+            payload: outer.to_vec(),
+            inner_payload: Some(payload.to_vec()),
+            envelopes: vec![],
+            provenance: at.clone(),
+        },
+        None => DeadLetter {
+            reason,
+            payload: payload.to_vec(),
+            inner_payload: None,
+            envelopes: vec![],
+            provenance: at.clone(),
+        },
+    }
+}

@@ -1,0 +1,108 @@
+//! Stage 2b: the owner of the customers of one partition of the
+//! inbound-by-number topic: keyword rules, last-writer-wins opt-out state,
+//! replies for self-managed numbers, enriched inbound messages.
+
+use std::sync::Arc;
+
+use crate::config::OptOutConfig;
+use crate::dead_letter::DeadLetter;
+use crate::decode::decode_inbound;
+use crate::enrich::{splice, EnrichedInbound, InboundEnrichment, INBOUND_KEYS};
+use crate::model::Provenance;
+use crate::optout::{OptOutChange, OptOutEngine, Reply};
+use crate::stages::forward;
+
+/// What the owner produced for one forwarded record.
+#[derive(Debug, Default)]
+pub struct OptOutOutputs {
+    /// Enriched inbound messages.
+    pub inbound: Vec<EnrichedInbound>,
+    /// Opt-out state changes (changelog values, full state).
+    pub changes: Vec<OptOutChange>,
+    /// Replies owed by self-managed numbers.
+    pub replies: Vec<Reply>,
+    /// Forwarded records that could not be read.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl OptOutOutputs {
+    /// Empties the vectors, keeping their allocations.
+    pub fn clear(&mut self) {
+        self.inbound.clear();
+        self.changes.clear();
+        self.replies.clear();
+        self.dead_letters.clear();
+    }
+}
+
+/// Opt-out state of one partition's customers.
+#[derive(Debug)]
+pub struct OptOutOwner {
+    engine: OptOutEngine,
+}
+
+impl OptOutOwner {
+    /// An empty owner.
+    pub fn new(cfg: &OptOutConfig) -> OptOutOwner {
+        OptOutOwner {
+            engine: OptOutEngine::new(cfg),
+        }
+    }
+
+    /// Restores a changelog value (state restore on assignment).
+    pub fn restore(&mut self, change: &OptOutChange) {
+        self.engine.apply_change(change);
+    }
+
+    /// Processes one forwarded inbound record; `at` names it in a dead letter.
+    pub fn process(&mut self, record: &[u8], at: &Provenance, out: &mut OptOutOutputs) {
+        let mut intern = |s: &str| -> Arc<str> { Arc::from(s) };
+        let f = match forward::decode(record, &mut intern) {
+            Ok(f) => f,
+            Err(reason) => {
+                out.dead_letters.push(DeadLetter {
+                    reason,
+                    payload: record.to_vec(),
+                    inner_payload: None,
+                    envelopes: vec![],
+                    provenance: at.clone(),
+                });
+                return;
+            }
+        };
+        let (msg, has_keys) = match decode_inbound(f.payload, f.received_at) {
+            Ok(x) => x,
+            Err(reason) => {
+                out.dead_letters.push(DeadLetter {
+                    reason,
+                    payload: record.to_vec(),
+                    inner_payload: Some(f.payload.to_vec()),
+                    envelopes: vec![],
+                    provenance: f.provenance,
+                });
+                return;
+            }
+        };
+        let o = self.engine.handle_inbound(&msg);
+        let enrichment = InboundEnrichment::new(&o, f.provenance.record_id());
+        if let Some(c) = o.change {
+            out.changes.push(c);
+        }
+        if let Some(r) = o.reply {
+            out.replies.push(r);
+        }
+        let json = splice(f.payload, has_keys, &INBOUND_KEYS, &enrichment);
+        out.inbound.push(EnrichedInbound {
+            message: msg,
+            enrichment,
+            provenance: f.provenance,
+            envelopes: f.envelopes,
+            json,
+        });
+    }
+
+    /// The engine (read-only).
+    pub fn engine(&self) -> &OptOutEngine {
+        &self.engine
+    }
+}
