@@ -4,7 +4,6 @@
 # the tools those need when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -f scripts/install-test-tools.sh ]; then
-  bash scripts/install-test-tools.sh
-fi
+bash scripts/install-test-tools.sh      # moto[server] (S3-compatible server), duckdb
+bash scripts/install-tansu.sh           # tansu Kafka-protocol broker (cached under ~/.cache/smsvoice-tools)
 cargo test --locked --all-features "$@"

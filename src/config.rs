@@ -20,6 +20,13 @@ pub struct Config {
     /// Opt-out lists, numbers and keywords.
     #[serde(default)]
     pub optout: OptOutConfig,
+    /// Parquet archive: location, file rotation, retries, S3 options.
+    #[serde(default)]
+    pub archive: crate::archive::ArchiveConfig,
+    /// Kafka mode: brokers, topics, exactly-once, client properties. Absent
+    /// in file mode.
+    #[serde(default)]
+    pub kafka: Option<crate::kafka::KafkaConfig>,
 }
 
 /// `[spend]`
@@ -271,6 +278,9 @@ impl Config {
 
     /// Checks what types cannot: uniqueness, ranges, keyword rules.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(k) = &self.kafka {
+            k.validate()?;
+        }
         let mut names = std::collections::HashSet::new();
         for a in &self.spend.alarms {
             if a.name.trim().is_empty() {

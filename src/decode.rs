@@ -682,13 +682,7 @@ impl<'a> Decoder<'a, '_> {
     }
 
     /// `value` is one syntactically valid JSON value.
-    fn decode_value(
-        &mut self,
-        value: &[u8],
-        base: Option<usize>,
-        ctx: &Ctx,
-        probe: Option<Probe>,
-    ) {
+    fn decode_value(&mut self, value: &[u8], base: Option<usize>, ctx: &Ctx, probe: Option<Probe>) {
         if ctx.depth > MAX_NESTING {
             return self.fail(Reason::NestingTooDeep { max: MAX_NESTING }, value, ctx);
         }
@@ -732,10 +726,7 @@ impl<'a> Decoder<'a, '_> {
                 }
                 Err(reason) => self.fail(reason, value, ctx),
             }
-        } else if probe.origination_number.0
-            || probe.message_body.0
-            || probe.inbound_message_id.0
-        {
+        } else if probe.origination_number.0 || probe.message_body.0 || probe.inbound_message_id.0 {
             match decode_inbound(value, ctx.received_at) {
                 Ok((msg, collides)) => {
                     let provenance = self.provenance();

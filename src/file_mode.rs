@@ -4,14 +4,26 @@
 //! Each input is read whole and split into top-level JSON values (JSON lines
 //! or concatenated JSON, any envelope); each value is one record, numbered
 //! from 0 in its file. A directory input stands for its files, sorted by name.
+//!
+//! The Parquet archive ([`crate::archive`]) is written too: under
+//! `<out>/archive` by default, or at the location given by `--archive` or
+//! `[archive] uri` (a directory or `s3://bucket/prefix`). Each input file is
+//! one source partition (objects named after the file's name and a hash of
+//! its canonical path, partition 0, first record index); dates that the
+//! records do not carry come from the file's modification time. Files are cut
+//! by `max_rows` / `max_bytes` and at the end of each input file, never by
+//! age, so two runs over the same input write the same objects.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
 
+use crate::archive::writer::{ArchiveError, ArchiveWriter, SourceKey, WriterStats};
+use crate::archive::{naming, Store, StoreError};
 use crate::config::Config;
 use crate::core::{Core, Counters};
 use crate::decode::{split_values, RecordSource, Segment};
@@ -94,6 +106,41 @@ pub enum FileModeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The `[archive]` configuration is invalid.
+    #[error("invalid archive configuration: {0}")]
+    ArchiveConfig(String),
+    /// The archive location could not be opened.
+    #[error("cannot open archive {location}: {source}")]
+    ArchiveStore {
+        /// The location.
+        location: String,
+        /// The cause.
+        source: StoreError,
+    },
+    /// Writing the archive failed.
+    #[error("cannot write archive: {0}")]
+    Archive(#[from] ArchiveError),
+}
+
+/// Where file mode writes the Parquet archive.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ArchiveTarget {
+    /// `[archive] uri` if set, else `<out>/archive`.
+    #[default]
+    Default,
+    /// This location: a local directory, `file:///dir` or `s3://bucket/prefix`.
+    Uri(String),
+    /// No archive.
+    Disabled,
+}
+
+/// What was written to the archive.
+#[derive(Clone, Debug)]
+pub struct ArchiveSummary {
+    /// Where.
+    pub location: String,
+    /// Objects, rows and bytes uploaded.
+    pub stats: WriterStats,
 }
 
 /// An input: a file on disk or an embedded sample.
@@ -116,6 +163,8 @@ pub struct Summary {
     pub spend: Vec<SpendRecord>,
     /// Final opt-out table.
     pub optouts: Vec<OptOutRecord>,
+    /// The archive written, if any.
+    pub archive: Option<ArchiveSummary>,
 }
 
 struct Sink {
@@ -218,13 +267,38 @@ impl Sink {
     }
 }
 
+/// One input file, read.
+struct Loaded {
+    /// The path as given (or the embedded sample's name): the `source` of its records.
+    name: String,
+    bytes: Vec<u8>,
+    /// Modification time, epoch ms (0 for embedded samples): the archive's
+    /// fallback date.
+    mtime_ms: i64,
+    /// Canonical path (the name for embedded samples): hashed into the
+    /// archive's object names.
+    full_path: String,
+}
+
+fn mtime_ms(meta: &fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Expands directories into their files (sorted by name) and reads each
 /// input, failing on the first unreadable one before any processing.
-fn load(inputs: &[Input]) -> Result<Vec<(String, Vec<u8>)>, FileModeError> {
+fn load(inputs: &[Input]) -> Result<Vec<Loaded>, FileModeError> {
     let mut loaded = Vec::new();
     for input in inputs {
         match input {
-            Input::Embedded(name, bytes) => loaded.push(((*name).to_owned(), bytes.to_vec())),
+            Input::Embedded(name, bytes) => loaded.push(Loaded {
+                name: (*name).to_owned(),
+                bytes: bytes.to_vec(),
+                mtime_ms: 0,
+                full_path: (*name).to_owned(),
+            }),
             Input::Path(p) => {
                 let unreadable = |source| FileModeError::Unreadable {
                     path: p.display().to_string(),
@@ -244,11 +318,22 @@ fn load(inputs: &[Input]) -> Result<Vec<(String, Vec<u8>)>, FileModeError> {
                     vec![p.clone()]
                 };
                 for path in paths.drain(..) {
-                    let bytes = fs::read(&path).map_err(|source| FileModeError::Unreadable {
+                    let unreadable = |source| FileModeError::Unreadable {
                         path: path.display().to_string(),
                         source,
-                    })?;
-                    loaded.push((path.display().to_string(), bytes));
+                    };
+                    let bytes = fs::read(&path).map_err(unreadable)?;
+                    let meta = fs::metadata(&path).map_err(unreadable)?;
+                    let full_path = fs::canonicalize(&path)
+                        .unwrap_or_else(|_| path.clone())
+                        .display()
+                        .to_string();
+                    loaded.push(Loaded {
+                        name: path.display().to_string(),
+                        bytes,
+                        mtime_ms: mtime_ms(&meta),
+                        full_path,
+                    });
                 }
             }
         }
@@ -256,15 +341,90 @@ fn load(inputs: &[Input]) -> Result<Vec<(String, Vec<u8>)>, FileModeError> {
     Ok(loaded)
 }
 
-/// Runs the core over the inputs in order and writes the outputs into `out_dir`.
+/// The archive side of a run: a store, a writer and the runtime the store
+/// needs (file mode itself is synchronous).
+struct ArchiveSink {
+    rt: tokio::runtime::Runtime,
+    store: Store,
+    writer: ArchiveWriter,
+}
+
+impl ArchiveSink {
+    fn open(
+        cfg: &Config,
+        target: &ArchiveTarget,
+        out_dir: &Path,
+    ) -> Result<Option<ArchiveSink>, FileModeError> {
+        let location = match target {
+            ArchiveTarget::Disabled => return Ok(None),
+            ArchiveTarget::Uri(u) => u.clone(),
+            ArchiveTarget::Default => cfg
+                .archive
+                .uri
+                .clone()
+                .unwrap_or_else(|| out_dir.join("archive").display().to_string()),
+        };
+        cfg.archive
+            .validate()
+            .map_err(FileModeError::ArchiveConfig)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| FileModeError::Output {
+                path: location.clone(),
+                source,
+            })?;
+        let store = rt
+            .block_on(Store::open(&location, &cfg.archive))
+            .map_err(|source| FileModeError::ArchiveStore {
+                location: location.clone(),
+                source,
+            })?;
+        let writer = ArchiveWriter::new(cfg.archive.rolling, cfg.archive.retry);
+        Ok(Some(ArchiveSink { rt, store, writer }))
+    }
+
+    fn checkpoint(&mut self, key: &SourceKey) -> Result<(), FileModeError> {
+        self.rt
+            .block_on(self.writer.checkpoint_source(&self.store, key, None))?;
+        Ok(())
+    }
+}
+
+/// Runs the core over the inputs in order and writes the outputs into
+/// `out_dir`, and the archive into `<out_dir>/archive` (or `[archive] uri`).
 pub fn run(cfg: &Config, inputs: &[Input], out_dir: &Path) -> Result<Summary, FileModeError> {
+    run_with_archive(cfg, inputs, out_dir, &ArchiveTarget::Default)
+}
+
+/// [`run`], with the archive written to `archive`.
+pub fn run_with_archive(
+    cfg: &Config,
+    inputs: &[Input],
+    out_dir: &Path,
+    archive: &ArchiveTarget,
+) -> Result<Summary, FileModeError> {
     let loaded = load(inputs)?;
     let mut sink = Sink::open(out_dir)?;
+    let mut archive = ArchiveSink::open(cfg, archive, out_dir)?;
     let mut core = Core::new(cfg);
     let mut out = Outputs::default();
-    for (name, bytes) in &loaded {
-        let source: Arc<str> = Arc::from(name.as_str());
-        for (index, seg) in split_values(bytes).into_iter().enumerate() {
+    for input in &loaded {
+        let source: Arc<str> = Arc::from(input.name.as_str());
+        let key = SourceKey {
+            source: source.clone(),
+            partition: None,
+        };
+        if let Some(a) = archive.as_mut() {
+            let file_name = Path::new(&input.name)
+                .file_name()
+                .map_or_else(|| input.name.clone(), |n| n.to_string_lossy().into_owned());
+            a.writer.set_source_tag(
+                source.clone(),
+                naming::file_tag(&file_name, &input.full_path),
+            );
+        }
+        for (index, seg) in split_values(&input.bytes).into_iter().enumerate() {
             let range = match seg {
                 Segment::Value(r) | Segment::Invalid(r, _) => r,
             };
@@ -274,9 +434,19 @@ pub fn run(cfg: &Config, inputs: &[Input], out_dir: &Path) -> Result<Summary, Fi
                 offset: index as i64,
                 timestamp_ms: None,
             };
-            core.process(&bytes[range], &src, &mut out);
+            core.process(&input.bytes[range], &src, &mut out);
             sink.write(&out)?;
+            if let Some(a) = archive.as_mut() {
+                a.writer.append_outputs(&out, &src, input.mtime_ms)?;
+                // Cut at this record boundary: deterministic (rows/bytes).
+                if a.writer.is_full(&key) {
+                    a.checkpoint(&key)?;
+                }
+            }
             out.clear();
+        }
+        if let Some(a) = archive.as_mut() {
+            a.checkpoint(&key)?;
         }
     }
     let spend = core.spend_totals();
@@ -287,6 +457,10 @@ pub fn run(cfg: &Config, inputs: &[Input], out_dir: &Path) -> Result<Summary, Fi
         counters: core.counters(),
         spend,
         optouts,
+        archive: archive.map(|a| ArchiveSummary {
+            location: a.store.describe(),
+            stats: a.writer.stats(),
+        }),
     })
 }
 
@@ -312,6 +486,13 @@ impl std::fmt::Display for Summary {
         )?;
         writeln!(f, "alarm/limit records  {}", c.alarms)?;
         writeln!(f, "replies              {}", c.replies)?;
+        if let Some(a) = &self.archive {
+            writeln!(
+                f,
+                "archive              {} files, {} rows, {} bytes -> {}",
+                a.stats.files, a.stats.rows, a.stats.bytes, a.location
+            )?;
+        }
         let opted_out = self.optouts.iter().filter(|o| o.opted_out).count();
         writeln!(
             f,

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
+pub mod archive;
 pub mod classify;
 pub mod config;
 pub mod core;
@@ -19,6 +20,7 @@ pub mod decode;
 pub mod enrich;
 pub mod file_mode;
 pub mod generate;
+pub mod kafka;
 pub mod model;
 pub mod money;
 pub mod optout;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use smsvoice::config::{Config, EMBEDDED_DEFAULT};
-use smsvoice::file_mode::{self, Input, EMBEDDED_SAMPLES};
+use smsvoice::file_mode::{self, ArchiveTarget, Input, EMBEDDED_SAMPLES};
 
 /// Opt-out lists, exact monthly spend, spend alarms and enriched events for
 /// AWS End User Messaging SMS, MMS and voice events.
@@ -32,9 +32,31 @@ enum Command {
         /// Output directory (created if needed).
         #[arg(long)]
         out: PathBuf,
+        /// Parquet archive location: a directory or s3://bucket/prefix
+        /// (default: `[archive] uri`, else OUT/archive).
+        #[arg(long, value_name = "URI")]
+        archive: Option<String>,
+        /// Do not write the Parquet archive.
+        #[arg(long, conflicts_with = "archive")]
+        no_archive: bool,
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Run librdkafka's mock Kafka cluster on 127.0.0.1 for tests and demos
+    /// (~5 MB kept per partition; transaction calls are accepted but aborted
+    /// records stay visible). Prints `bootstrap=<servers>`, then runs until
+    /// SIGTERM/SIGINT or stdin closes.
+    MockCluster {
+        /// Number of brokers.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+        /// Also write the `bootstrap=<servers>` line to this file.
+        #[arg(long)]
+        port_file: Option<PathBuf>,
+        /// Topic to create, `NAME:PARTITIONS` (or `NAME`: 4 partitions); repeatable.
+        #[arg(long = "topic", value_name = "NAME:PARTITIONS")]
+        topics: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,10 +73,27 @@ fn main() -> ExitCode {
             print!("{EMBEDDED_DEFAULT}");
             ExitCode::SUCCESS
         }
+        Command::MockCluster {
+            brokers,
+            port_file,
+            topics,
+        } => match smsvoice::kafka::mock::run_mock_cluster_command(
+            brokers,
+            port_file.as_deref(),
+            &topics,
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("smsvoice mock-cluster: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Process {
             config,
             inputs,
             out,
+            archive,
+            no_archive,
         } => {
             let cfg = match &config {
                 Some(p) => Config::load(p),
@@ -75,7 +114,12 @@ fn main() -> ExitCode {
             } else {
                 inputs.into_iter().map(Input::Path).collect()
             };
-            match file_mode::run(&cfg, &inputs, &out) {
+            let target = match (archive, no_archive) {
+                (_, true) => ArchiveTarget::Disabled,
+                (Some(uri), false) => ArchiveTarget::Uri(uri),
+                (None, false) => ArchiveTarget::Default,
+            };
+            match file_mode::run_with_archive(&cfg, &inputs, &out, &target) {
                 Ok(summary) => {
                     println!("smsvoice process -> {}", out.display());
                     print!("{summary}");

@@ -173,7 +173,7 @@ impl fmt::Display for Usd {
         let mut frac = abs % scale;
         if frac != 0 {
             let mut width = SCALE_DIGITS;
-            while frac % 10 == 0 {
+            while frac.is_multiple_of(10) {
                 frac /= 10;
                 width -= 1;
             }

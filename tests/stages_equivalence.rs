@@ -173,7 +173,7 @@ fn staged(cfg: &Config, parts: &[Vec<Vec<u8>>], seed: u64, replay_pct: u32) -> R
     let mut enriched = 0usize;
     let mut o_out = OwnerOutputs::default();
     let mut i_out = OptOutOutputs::default();
-    let mut offsets = vec![0usize; OWNER_PARTITIONS * 2];
+    let mut offsets = [0usize; OWNER_PARTITIONS * 2];
     loop {
         let mut live = Vec::new();
         live.extend((0..OWNER_PARTITIONS).filter(|&p| !event_q[p].is_empty()));

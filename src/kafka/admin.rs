@@ -1,0 +1,468 @@
+//! Creation of the topics the pipeline writes: outputs and internal topics.
+//!
+//! [`ensure_topics`] creates the missing ones (existing topics are left
+//! untouched), with `cleanup.policy=compact` on the keyed state topics. A
+//! broker that rejects topic configurations (some Kafka-compatible brokers
+//! do) gets the topic without them and a warning naming it: compaction only
+//! bounds the size of those topics, their content is correct either way.
+//!
+//! Observed brokers: tansu 0.6 accepts and describes any topic config
+//! (`cleanup.policy=compact` included) but does not compact, and accepts a
+//! replication factor above its single broker; librdkafka's mock cluster has
+//! no CreateTopics API (creation times out: use
+//! [`super::MockClusterHandle::create_topic`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication, TopicResult,
+};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+
+use super::client::{admin_config, retry_with_backoff, ClientError, RetryPolicy};
+use super::KafkaConfig;
+
+/// How long a metadata request or a topic creation may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long created topics may take to show up with a leader per partition.
+const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A topic the pipeline needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Partition count when created.
+    pub partitions: i32,
+    /// `cleanup.policy=compact`: a keyed state topic where only the latest
+    /// record of a key matters.
+    pub compacted: bool,
+}
+
+/// Every topic the pipeline writes, for `cfg`: the outputs, then the internal
+/// topics `{internal_prefix}events-by-message` and `inbound-by-number`
+/// (repartitioning) and `message-state` and `spend-contributions` (state
+/// changelogs, compacted). Each has `cfg.partitions` partitions.
+pub fn all_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
+    let o = &cfg.output_topics;
+    let spec = |name: &str, compacted: bool| TopicSpec {
+        name: name.to_owned(),
+        partitions: cfg.partitions,
+        compacted,
+    };
+    let internal = |suffix: &str, compacted: bool| {
+        spec(&format!("{}{}", cfg.internal_prefix, suffix), compacted)
+    };
+    vec![
+        spec(&o.enriched_events, false),
+        spec(&o.enriched_inbound, false),
+        spec(&o.optout_changelog, true),
+        spec(&o.spend, true),
+        spec(&o.alarms, false),
+        spec(&o.replies, false),
+        spec(&o.dead_letters, false),
+        internal("events-by-message", false),
+        internal("inbound-by-number", false),
+        internal("message-state", true),
+        internal("spend-contributions", true),
+    ]
+}
+
+/// What [`ensure_topics`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnsureReport {
+    /// Topics created (with their configs).
+    pub created: Vec<String>,
+    /// Topics created without `cleanup.policy=compact` because the broker
+    /// rejected topic configs (also listed in `created`).
+    pub created_without_configs: Vec<String>,
+    /// Compacted topics the broker accepted but then described with another
+    /// `cleanup.policy` (the broker ignores the setting).
+    pub compaction_ignored: Vec<String>,
+    /// Topics that existed already, with their partition count.
+    pub existing: BTreeMap<String, i32>,
+}
+
+type Admin = AdminClient<DefaultClientContext>;
+
+/// Creates every topic of `specs` that does not exist, then waits until each
+/// has a leader for every partition. Topics that already exist are left as
+/// they are (a warning is logged when their partition count differs).
+/// "Already exists" answers (another instance created it meanwhile) are
+/// fine; transient errors are retried ([`RetryPolicy::default`]); a broker
+/// rejecting `cleanup.policy` gets the topic without it and a warning.
+pub async fn ensure_topics(
+    cfg: &KafkaConfig,
+    specs: &[TopicSpec],
+) -> Result<EnsureReport, ClientError> {
+    let admin: Arc<Admin> = Arc::new(
+        admin_config(cfg)
+            .create()
+            .map_err(|e| ClientError::kafka("create Kafka admin client", e))?,
+    );
+    let policy = RetryPolicy::default();
+    let mut report = EnsureReport::default();
+
+    let present = retry_with_backoff("fetch topic metadata", &policy, || {
+        topic_partitions(admin.clone())
+    })
+    .await?;
+    let mut missing = Vec::new();
+    for s in specs {
+        match present.get(&s.name) {
+            Some(&n) => {
+                if n != s.partitions {
+                    tracing::warn!(
+                        topic = %s.name,
+                        existing_partitions = n,
+                        configured_partitions = s.partitions,
+                        "topic exists with another partition count; left as it is"
+                    );
+                }
+                report.existing.insert(s.name.clone(), n);
+            }
+            None => missing.push(s.clone()),
+        }
+    }
+
+    // Creation: a healthy cluster answers in well under a second; a broker
+    // without a controller (librdkafka's mock cluster) never does, so only a
+    // few attempts.
+    let create_policy = RetryPolicy {
+        max_attempts: 3,
+        ..RetryPolicy::default()
+    };
+    let mut rejected_configs: Vec<String> = Vec::new();
+    while !missing.is_empty() {
+        let attempt = missing.clone();
+        let without = rejected_configs.clone();
+        let results = retry_with_backoff("create topics", &create_policy, || {
+            create(
+                admin.clone(),
+                cfg.replication_factor,
+                attempt.clone(),
+                without.clone(),
+            )
+        })
+        .await?;
+        let mut retry_without_configs = Vec::new();
+        for r in results {
+            match judge(r, &attempt, &rejected_configs) {
+                Outcome::Created(name) => {
+                    tracing::info!(topic = %name, "created topic");
+                    report.created.push(name);
+                }
+                Outcome::CreatedWithoutConfigs(name) => {
+                    tracing::warn!(
+                        topic = %name,
+                        "broker rejected topic config cleanup.policy=compact; created the topic without it (it will not be compacted)"
+                    );
+                    report.created_without_configs.push(name.clone());
+                    report.created.push(name);
+                }
+                Outcome::Existing(name, partitions) => {
+                    report.existing.insert(name, partitions);
+                }
+                Outcome::RetryWithoutConfigs(name, code) => {
+                    tracing::debug!(topic = %name, ?code, "topic creation with configs failed; trying without");
+                    retry_without_configs.push(name);
+                }
+                Outcome::Failed(name, code) => {
+                    return Err(ClientError::Broker {
+                        context: format!("create topic {name}"),
+                        code,
+                    });
+                }
+            }
+        }
+        rejected_configs.extend(retry_without_configs.iter().cloned());
+        missing.retain(|s| retry_without_configs.contains(&s.name));
+    }
+
+    wait_until_ready(admin.clone(), specs).await?;
+    report.compaction_ignored = check_compaction(&admin, &report, specs).await;
+    Ok(report)
+}
+
+/// What one topic's creation result means.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Created(String),
+    CreatedWithoutConfigs(String),
+    /// Created meanwhile by someone else (partitions as requested).
+    Existing(String, i32),
+    /// A compacted topic whose creation with configs failed: try without.
+    RetryWithoutConfigs(String, RDKafkaErrorCode),
+    Failed(String, RDKafkaErrorCode),
+}
+
+/// Judges one result of a creation `attempt`; `without_configs` lists the
+/// topics that attempt created without their configs.
+fn judge(r: TopicResult, attempt: &[TopicSpec], without_configs: &[String]) -> Outcome {
+    match r {
+        Ok(name) if without_configs.contains(&name) => Outcome::CreatedWithoutConfigs(name),
+        Ok(name) => Outcome::Created(name),
+        Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+            let n = attempt
+                .iter()
+                .find(|s| s.name == name)
+                .map_or(0, |s| s.partitions);
+            Outcome::Existing(name, n)
+        }
+        Err((name, code)) => {
+            let compacted = attempt.iter().any(|s| s.name == name && s.compacted);
+            if compacted && !without_configs.contains(&name) {
+                Outcome::RetryWithoutConfigs(name, code)
+            } else {
+                Outcome::Failed(name, code)
+            }
+        }
+    }
+}
+
+async fn create(
+    admin: Arc<Admin>,
+    replication: i16,
+    specs: Vec<TopicSpec>,
+    without_configs: Vec<String>,
+) -> Result<Vec<TopicResult>, ClientError> {
+    let new: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|s| {
+            let t = NewTopic::new(
+                &s.name,
+                s.partitions,
+                TopicReplication::Fixed(i32::from(replication)),
+            );
+            if s.compacted && !without_configs.contains(&s.name) {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(REQUEST_TIMEOUT))
+        .request_timeout(Some(REQUEST_TIMEOUT));
+    let results = admin
+        .create_topics(new.iter(), &opts)
+        .await
+        .map_err(|e| ClientError::kafka("create topics", e))?;
+    // A transient per-topic error fails the attempt so that the whole
+    // creation is retried; other errors are the caller's to judge.
+    for r in &results {
+        if let Err((name, code)) = r {
+            if super::client::code_is_retryable(*code) {
+                return Err(ClientError::Broker {
+                    context: format!("create topic {name}"),
+                    code: *code,
+                });
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// Partition count of every topic of the cluster.
+async fn topic_partitions(admin: Arc<Admin>) -> Result<BTreeMap<String, i32>, ClientError> {
+    tokio::task::spawn_blocking(move || {
+        let md = admin
+            .inner()
+            .fetch_metadata(None, REQUEST_TIMEOUT)
+            .map_err(|e| ClientError::kafka("fetch topic metadata", e))?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+            .collect())
+    })
+    .await
+    .map_err(|e| ClientError::Config(format!("metadata task failed: {e}")))?
+}
+
+/// Waits until every topic of `specs` is listed with every partition led.
+async fn wait_until_ready(admin: Arc<Admin>, specs: &[TopicSpec]) -> Result<(), ClientError> {
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let start = Instant::now();
+    loop {
+        let a = admin.clone();
+        let n = names.clone();
+        let not_ready = tokio::task::spawn_blocking(move || -> Result<Vec<String>, ClientError> {
+            let md = a
+                .inner()
+                .fetch_metadata(None, REQUEST_TIMEOUT)
+                .map_err(|e| ClientError::kafka("fetch topic metadata", e))?;
+            Ok(n.into_iter()
+                .filter(|name| {
+                    !md.topics().iter().any(|t| {
+                        t.name() == name
+                            && t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions()
+                                .iter()
+                                .all(|p| p.error().is_none() && p.leader() >= 0)
+                    })
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| ClientError::Config(format!("metadata task failed: {e}")))?;
+        match not_ready {
+            Ok(v) if v.is_empty() => return Ok(()),
+            Ok(v) if start.elapsed() > PROPAGATION_TIMEOUT => {
+                return Err(ClientError::Timeout {
+                    what: format!("topics {} to get a leader per partition", v.join(", ")),
+                    waited_ms: start.elapsed().as_millis() as u64,
+                })
+            }
+            Err(e) if !e.is_retryable() || start.elapsed() > PROPAGATION_TIMEOUT => return Err(e),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Compacted topics created with their configs whose `cleanup.policy` the
+/// broker does not report as `compact`. Best effort: a broker that cannot
+/// describe configs is not checked.
+async fn check_compaction(
+    admin: &Admin,
+    report: &EnsureReport,
+    specs: &[TopicSpec],
+) -> Vec<String> {
+    let names: Vec<&str> = specs
+        .iter()
+        .filter(|s| {
+            s.compacted
+                && report.created.contains(&s.name)
+                && !report.created_without_configs.contains(&s.name)
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let resources: Vec<ResourceSpecifier<'_>> =
+        names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+    let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+    let results = match admin.describe_configs(resources.iter(), &opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot describe topic configs; compaction not checked");
+            return Vec::new();
+        }
+    };
+    let mut ignored = Vec::new();
+    for (name, r) in names.iter().zip(results) {
+        match r {
+            Ok(res) => {
+                let policy = res
+                    .get("cleanup.policy")
+                    .and_then(|e| e.value.clone())
+                    .unwrap_or_default();
+                if !policy.split(',').any(|p| p.trim() == "compact") {
+                    tracing::warn!(
+                        topic = %name,
+                        cleanup_policy = %policy,
+                        "broker accepted cleanup.policy=compact but reports another policy; the topic will not be compacted"
+                    );
+                    ignored.push((*name).to_owned());
+                }
+            }
+            Err(code) => {
+                tracing::debug!(topic = %name, ?code, "cannot describe topic config; compaction not checked");
+            }
+        }
+    }
+    ignored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_topics_lists_outputs_and_internal_topics() {
+        let cfg = KafkaConfig::new("x:1");
+        let t = all_topics(&cfg);
+        assert_eq!(t.len(), 11);
+        let compacted: Vec<&str> = t
+            .iter()
+            .filter(|s| s.compacted)
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(
+            compacted,
+            [
+                "smsvoice.optout-changelog",
+                "smsvoice.spend",
+                "smsvoice.internal.message-state",
+                "smsvoice.internal.spend-contributions"
+            ]
+        );
+        assert!(t
+            .iter()
+            .any(|s| s.name == "smsvoice.internal.events-by-message" && !s.compacted));
+        assert!(t.iter().all(|s| s.partitions == 6));
+    }
+
+    #[test]
+    fn ensure_topics_future_is_send() {
+        fn is_send<T: Send>(_: &T) {}
+        let cfg = KafkaConfig::new("127.0.0.1:1");
+        let specs = all_topics(&cfg);
+        let f = ensure_topics(&cfg, &specs);
+        is_send(&f);
+    }
+
+    #[test]
+    fn rejected_configs_lead_to_creation_without_them() {
+        let specs = [
+            TopicSpec {
+                name: "state".into(),
+                partitions: 3,
+                compacted: true,
+            },
+            TopicSpec {
+                name: "plain".into(),
+                partitions: 3,
+                compacted: false,
+            },
+        ];
+        let e = |n: &str, c| Err((n.to_owned(), c));
+        use RDKafkaErrorCode as C;
+        assert_eq!(
+            judge(e("state", C::InvalidConfig), &specs, &[]),
+            Outcome::RetryWithoutConfigs("state".into(), C::InvalidConfig)
+        );
+        assert_eq!(
+            judge(e("state", C::PolicyViolation), &specs, &[]),
+            Outcome::RetryWithoutConfigs("state".into(), C::PolicyViolation)
+        );
+        // Without configs, a second failure is final.
+        assert_eq!(
+            judge(e("state", C::InvalidConfig), &specs, &["state".into()]),
+            Outcome::Failed("state".into(), C::InvalidConfig)
+        );
+        assert_eq!(
+            judge(Ok("state".into()), &specs, &["state".into()]),
+            Outcome::CreatedWithoutConfigs("state".into())
+        );
+        // A topic without configs has nothing to drop.
+        assert_eq!(
+            judge(e("plain", C::InvalidReplicationFactor), &specs, &[]),
+            Outcome::Failed("plain".into(), C::InvalidReplicationFactor)
+        );
+        assert_eq!(
+            judge(e("plain", C::TopicAlreadyExists), &specs, &[]),
+            Outcome::Existing("plain".into(), 3)
+        );
+        assert_eq!(
+            judge(Ok("plain".into()), &specs, &[]),
+            Outcome::Created("plain".into())
+        );
+    }
+}
