@@ -140,26 +140,23 @@ impl MessageOwner {
     }
 }
 
+/// A dead letter for a forwarded record; `inner_of` is the forwarded record
+/// when `payload` is the payload inside it.
 fn dead(
     reason: crate::dead_letter::Reason,
     payload: &[u8],
     inner_of: Option<&[u8]>,
     at: &Provenance,
 ) -> DeadLetter {
-    match inner_of {
-        Some(outer) => DeadLetter {
-            reason,
-            payload: outer.to_vec(),
-            inner_payload: Some(payload.to_vec()),
-            envelopes: vec![],
-            provenance: at.clone(),
-        },
-        None => DeadLetter {
-            reason,
-            payload: payload.to_vec(),
-            inner_payload: None,
-            envelopes: vec![],
-            provenance: at.clone(),
-        },
+    let (outer, inner) = match inner_of {
+        Some(outer) => (outer, Some(payload.to_vec())),
+        None => (payload, None),
+    };
+    DeadLetter {
+        reason,
+        payload: outer.to_vec(),
+        inner_payload: inner,
+        envelopes: vec![],
+        provenance: at.clone(),
     }
 }
