@@ -32,7 +32,16 @@
 //! # Closed months and late events (bounded memory)
 //!
 //! The *watermark* is the largest `eventTimestamp` seen so far (by any event,
-//! including duplicates and late ones). A month `M` is **closed** once
+//! including duplicates and late ones). When the events come from several
+//! *sources* read side by side (the partitions of a Kafka input topic, each
+//! in order but at their own pace), the watermark is the smallest of the
+//! sources' largest timestamps, so a source that is read ahead of the others
+//! cannot close a month whose events are still waiting in a slower one (see
+//! [`SpendLedger::apply_from`]). A source holds the watermark back until it
+//! is declared caught up with [`SpendLedger::source_idle`] (in Kafka, the
+//! router sends that marker when it has read its input partition to the end;
+//! a source that is merely slow or stalled is never declared idle), and again
+//! from its next event on. The watermark never decreases. A month `M` is **closed** once
 //! `watermark >= M.end_ms() + receipt_window_hours * 3_600_000`: carrier
 //! receipts arrive up to 72 hours after a send, so nothing more is expected for
 //! it. When a month closes, the per-message entries attributed to it are
@@ -116,6 +125,8 @@ pub struct SpendLedger {
     include_carrier_fee: bool,
     window_ms: i64,
     watermark: Option<i64>,
+    /// Largest eventTimestamp per source (only for [`SpendLedger::apply_from`]).
+    sources: HashMap<u64, i64>,
     entries: HashMap<Box<str>, Entry>,
     /// Number of entries per attribution month; only open months with at
     /// least one entry are present.
@@ -224,6 +235,7 @@ impl SpendLedger {
             include_carrier_fee: cfg.include_carrier_fee,
             window_ms: i64::from(cfg.receipt_window_hours).saturating_mul(MS_PER_HOUR),
             watermark: None,
+            sources: HashMap::new(),
             entries: HashMap::new(),
             open_entries: BTreeMap::new(),
             totals: BTreeMap::new(),
@@ -263,6 +275,43 @@ impl SpendLedger {
         let outcome = self.apply_inner(ev, position);
         self.advance_watermark(ev.event_timestamp);
         outcome
+    }
+
+    /// Like [`apply_at`](Self::apply_at) for an event read from `source` (an
+    /// id of the stream it was read from, e.g. a hash of its Kafka topic and
+    /// partition), one of several sources read side by side: the watermark
+    /// only rises to the smallest of the active sources' largest timestamps.
+    pub fn apply_from(
+        &mut self,
+        ev: &DeliveryEvent,
+        position: Option<u64>,
+        source: u64,
+    ) -> LedgerOutcome {
+        let outcome = self.apply_inner(ev, position);
+        let ts = ev.event_timestamp;
+        let latest = self.sources.entry(source).or_insert(ts);
+        if ts > *latest {
+            *latest = ts;
+        }
+        self.advance_to_sources();
+        outcome
+    }
+
+    /// Declares `source` caught up: it has nothing more to deliver for now,
+    /// so it stops holding the watermark back until its next event (which
+    /// [`apply_from`](Self::apply_from) then counts again).
+    pub fn source_idle(&mut self, source: u64) {
+        if self.sources.remove(&source).is_some() {
+            self.advance_to_sources();
+        }
+    }
+
+    /// Raises the watermark to the smallest of the active sources' largest
+    /// timestamps (nothing when no source is active).
+    fn advance_to_sources(&mut self) {
+        if let Some(low) = self.sources.values().copied().min() {
+            self.advance_watermark(low);
+        }
     }
 
     fn apply_inner(&mut self, ev: &DeliveryEvent, position: Option<u64>) -> LedgerOutcome {

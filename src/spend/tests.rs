@@ -1268,3 +1268,109 @@ proptest! {
         prop_assert!(max_tracked <= msgs.len());
     }
 }
+
+#[test]
+fn a_source_read_ahead_does_not_close_a_month_for_the_others() {
+    // Two partitions read side by side: A is already past October's close,
+    // B still carries an October message. Per-source watermarks keep
+    // October open until B gets there; one global watermark would not.
+    let oct = mk(2025, 10);
+    let close = ms("2025-11-04T00:00:00Z");
+    let req = ms("2025-10-31T22:00:00Z");
+    let (a, b) = (1_u64, 2_u64);
+    let ahead = ev(
+        "TEXT_DELIVERED",
+        "n1",
+        close + HOUR,
+        Some(close),
+        Some("0.01"),
+        None,
+    );
+    let behind = ev(
+        "TEXT_DELIVERED",
+        "o1",
+        req + 1,
+        Some(req),
+        Some("0.02"),
+        None,
+    );
+
+    let mut per_source = SpendLedger::new(&cfg());
+    per_source.apply_from(
+        &ev("TEXT_DELIVERED", "o0", req, Some(req), Some("0.03"), None),
+        None,
+        b,
+    );
+    per_source.apply_from(&ahead, None, a);
+    assert!(!per_source.is_closed(oct), "B holds October open");
+    let o = per_source.apply_from(&behind, None, b);
+    assert!(!o.late);
+    assert_eq!(per_source.total(oct, Channel::Sms), totals("0.05", 2));
+
+    let mut global = SpendLedger::new(&cfg());
+    global.apply_at(
+        &ev("TEXT_DELIVERED", "o0", req, Some(req), Some("0.03"), None),
+        None,
+    );
+    global.apply_at(&ahead, None);
+    assert!(
+        global.apply_at(&behind, None).late,
+        "the single-stream rule closes October"
+    );
+
+    // Once B passes the close too, October closes.
+    per_source.apply_from(
+        &ev("TEXT_DELIVERED", "n2", close, Some(close), None, None),
+        None,
+        b,
+    );
+    assert!(per_source.is_closed(oct));
+}
+
+#[test]
+fn a_source_holds_the_watermark_until_declared_idle_and_again_when_it_resumes() {
+    let oct = mk(2025, 10);
+    let nov = mk(2025, 11);
+    let mut l = SpendLedger::new(&cfg());
+    let req = ms("2025-10-25T00:00:00Z");
+    l.apply_from(
+        &ev("TEXT_DELIVERED", "o0", req, Some(req), Some("0.01"), None),
+        None,
+        7,
+    );
+    // source 8 runs weeks ahead; source 7 is silent but not declared idle:
+    // a stalled source looks the same, so it keeps October open.
+    let far = ms("2025-12-20T00:00:00Z");
+    l.apply_from(
+        &ev("TEXT_DELIVERED", "n1", far, Some(far), None, None),
+        None,
+        8,
+    );
+    assert!(!l.is_closed(oct), "7 is behind, not idle");
+    l.source_idle(7);
+    assert!(l.is_closed(oct) && l.is_closed(nov), "7 is caught up");
+    // 7 resumes (December): it holds the watermark at its own pace again.
+    let dec = ms("2025-12-02T00:00:00Z");
+    l.apply_from(
+        &ev("TEXT_DELIVERED", "d1", dec, Some(dec), Some("0.02"), None),
+        None,
+        7,
+    );
+    let jan_close = ms("2026-02-04T00:00:00Z");
+    l.apply_from(
+        &ev(
+            "TEXT_DELIVERED",
+            "j1",
+            jan_close,
+            Some(jan_close),
+            None,
+            None,
+        ),
+        None,
+        8,
+    );
+    assert!(!l.is_closed(mk(2025, 12)), "7 holds December open again");
+    // Declaring an unknown or already idle source changes nothing.
+    l.source_idle(99);
+    assert!(!l.is_closed(mk(2025, 12)));
+}

@@ -114,27 +114,106 @@ pub fn decode<'a>(
     })
 }
 
+/// Encodes an *idle marker*: the router has read `source`/`partition` to its
+/// end, so the owners may stop waiting for it (see
+/// [`SpendLedger::source_idle`](crate::spend::SpendLedger::source_idle)).
+pub fn encode_idle(source: &str, partition: i32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(source.len() + 32);
+    out.extend_from_slice(IDLE_PREFIX);
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, source);
+    out.extend_from_slice(b",\"p\":");
+    out.extend_from_slice(partition.to_string().as_bytes());
+    out.extend_from_slice(b"}}");
+    out
+}
+
+const IDLE_PREFIX: &[u8] = b"{\"idle\":{\"src\":";
+
+#[derive(Deserialize)]
+struct IdleWire<'a> {
+    #[serde(borrow)]
+    idle: IdleInner<'a>,
+}
+
+#[derive(Deserialize)]
+struct IdleInner<'a> {
+    #[serde(borrow)]
+    src: Cow<'a, str>,
+    p: i32,
+}
+
+/// If `bytes` is an idle marker, the [`stream_hash`] of the stream it
+/// declares caught up (`Some(Err)` for a marker that does not parse).
+pub fn decode_idle(bytes: &[u8]) -> Option<Result<u64, Reason>> {
+    if !bytes.starts_with(IDLE_PREFIX) {
+        return None;
+    }
+    Some(
+        serde_json::from_slice::<IdleWire<'_>>(bytes)
+            .map(|w| {
+                stream_hash(&Provenance {
+                    source: Arc::from(&*w.idle.src),
+                    partition: Some(w.idle.p),
+                    offset: 0,
+                    sub: 0,
+                })
+            })
+            .map_err(|e| Reason::InvalidEnvelope {
+                envelope: "idle-marker",
+                detail: e.to_string(),
+            }),
+    )
+}
+
+/// FNV-1a, continued from `h`.
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A stable 64-bit hash of the stream a record was read from (its topic and
+/// partition): the ledger keeps one watermark per stream.
+pub fn stream_hash(p: &Provenance) -> u64 {
+    let h = fnv(0xcbf2_9ce4_8422_2325, p.source.as_bytes());
+    let h = fnv(h, &[0xff]);
+    fnv(h, &p.partition.unwrap_or(-1).to_le_bytes())
+}
+
 /// A stable 64-bit hash of a source position (FNV-1a over its fields), used
 /// to recognise a replay of the very same input record.
 pub fn position_hash(p: &Provenance) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(p.source.as_bytes());
-    eat(&[0xff]);
-    eat(&p.partition.unwrap_or(-1).to_le_bytes());
-    eat(&p.offset.to_le_bytes());
-    eat(&p.sub.to_le_bytes());
-    h
+    let h = fnv(stream_hash(p), &p.offset.to_le_bytes());
+    fnv(h, &p.sub.to_le_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_markers_name_the_stream_of_its_records() {
+        let prov = Provenance {
+            source: Arc::from("sms-\"events"),
+            partition: Some(2),
+            offset: 9,
+            sub: 0,
+        };
+        let marker = encode_idle(&prov.source, 2);
+        assert!(matches!(decode_idle(&marker), Some(Ok(h)) if h == stream_hash(&prov)));
+        let other = encode_idle(&prov.source, 3);
+        assert!(matches!(decode_idle(&other), Some(Ok(h)) if h != stream_hash(&prov)));
+        // A forwarded record is not a marker; a broken marker is an error.
+        let rec = encode(&prov, None, &[], b"{}");
+        assert!(decode_idle(&rec).is_none());
+        assert!(matches!(
+            decode_idle(br#"{"idle":{"src":"x","p":"two"}}"#),
+            Some(Err(Reason::InvalidEnvelope { .. }))
+        ));
+    }
 
     #[test]
     fn round_trips_and_keeps_payload_bytes() {

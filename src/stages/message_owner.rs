@@ -16,7 +16,7 @@ use crate::decode::decode_delivery;
 use crate::enrich::{destination_opted_out, splice, EnrichedEvent, EventEnrichment, EVENT_KEYS};
 use crate::model::Provenance;
 use crate::spend::SpendLedger;
-use crate::stages::forward::{self, position_hash};
+use crate::stages::forward::{self, position_hash, stream_hash};
 use crate::stages::view::{PartialTotal, View};
 
 /// What the owner produced for one forwarded record.
@@ -69,6 +69,17 @@ impl MessageOwner {
             sources.insert(s.into(), a.clone());
             a
         };
+        match forward::decode_idle(record) {
+            Some(Ok(stream)) => {
+                self.ledger.source_idle(stream);
+                return;
+            }
+            Some(Err(reason)) => {
+                out.dead_letters.push(dead(reason, record, None, at));
+                return;
+            }
+            None => {}
+        }
         let f = match forward::decode(record, &mut intern) {
             Ok(f) => f,
             Err(reason) => {
@@ -84,9 +95,11 @@ impl MessageOwner {
                 return;
             }
         };
-        let outcome = self
-            .ledger
-            .apply_at(&ev, Some(position_hash(&f.provenance)));
+        let outcome = self.ledger.apply_from(
+            &ev,
+            Some(position_hash(&f.provenance)),
+            stream_hash(&f.provenance),
+        );
         if outcome.replayed {
             return;
         }

@@ -2,6 +2,7 @@
 //! inbound-by-number topic: keyword rules, last-writer-wins opt-out state,
 //! replies for self-managed numbers, enriched inbound messages.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::config::OptOutConfig;
@@ -39,6 +40,11 @@ impl OptOutOutputs {
 #[derive(Debug)]
 pub struct OptOutOwner {
     engine: OptOutEngine,
+    /// Original positions applied ([`forward::position_hash`]): a forwarded
+    /// record repeated by a router replay emits nothing the second time.
+    /// Eight bytes per inbound message (inbound traffic is small next to
+    /// delivery events).
+    seen: HashSet<u64>,
 }
 
 impl OptOutOwner {
@@ -46,6 +52,7 @@ impl OptOutOwner {
     pub fn new(cfg: &OptOutConfig) -> OptOutOwner {
         OptOutOwner {
             engine: OptOutEngine::new(cfg),
+            seen: HashSet::new(),
         }
     }
 
@@ -70,6 +77,9 @@ impl OptOutOwner {
                 return;
             }
         };
+        if !self.seen.insert(forward::position_hash(&f.provenance)) {
+            return;
+        }
         let (msg, has_keys) = match decode_inbound(f.payload, f.received_at) {
             Ok(x) => x,
             Err(reason) => {

@@ -27,6 +27,12 @@ pub struct SpendState {
     pub partials: BTreeMap<i32, PartialValue>,
     /// Alarm and limit state.
     pub alarms: AlarmSnapshot,
+    /// Offset of the spend-partials record this value reflects (set by the
+    /// Kafka runtime): a restored owner skips partials at or before it, so a
+    /// replay after a crash neither re-applies an old partial over a newer
+    /// one nor repeats an alarm transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through_offset: Option<i64>,
 }
 
 /// One partition's share.
@@ -135,6 +141,7 @@ impl TotalsOwner {
                 })
                 .unwrap_or_default(),
             alarms: self.alarms.snapshot(month, channel),
+            through_offset: None,
         }
     }
 
