@@ -71,6 +71,7 @@ fn main() {
             name: (*n).into(),
             partitions: PARTITIONS,
             compacted: false,
+            retain_forever: false,
         })
         .collect();
     if let Err(e) = rt.block_on(ensure_topics(&cfg, &specs)) {

@@ -702,11 +702,15 @@ fn archive_config_section_parses() {
 
 #[test]
 fn s3_puts_are_retried_while_the_store_is_down() {
-    let mut server = support::s3_server::S3Server::start();
+    let server = support::s3_server::S3Server::start();
     let rt = rt();
     rt.block_on(support::s3_server::create_bucket(&server.endpoint, "retry"));
+    // The store talks to moto through a proxy we can take down: moto (and
+    // its in-memory bucket) stays up while the endpoint refuses connections.
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], server.port()));
+    let mut proxy = support::outage_proxy::OutageProxy::start(upstream);
     let mut cfg = ArchiveConfig::default();
-    cfg.s3.endpoint_url = Some(server.endpoint.clone());
+    cfg.s3.endpoint_url = Some(proxy.endpoint());
     cfg.s3.force_path_style = Some(true);
     cfg.s3.region = Some("us-east-1".into());
     cfg.s3.max_attempts = Some(1);
@@ -730,17 +734,19 @@ fn s3_puts_are_retried_while_the_store_is_down() {
     assert!(!err.is_retryable(), "{err}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 
-    // Retryable: the server is down for a while, then back.
-    server.stop();
+    // Retryable: the endpoint is down for a while, then back.
+    proxy.down();
+    let down_since = Instant::now();
     let restarter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1_500));
-        server.restart();
-        rt_for_thread().block_on(support::s3_server::create_bucket(&server.endpoint, "retry"));
-        server
+        proxy.up();
+        proxy
     });
     rt.block_on(store.put_with_retry("t/d=1/f.parquet", Bytes::from_static(b"payload"), &quick))
         .expect("retried until the store came back");
-    let _server = restarter.join().expect("restarter");
+    // It cannot have succeeded while the endpoint was down.
+    assert!(down_since.elapsed() >= Duration::from_millis(1_500));
+    let _proxy = restarter.join().expect("restarter");
     assert_eq!(
         rt.block_on(store.get("t/d=1/f.parquet")).expect("get"),
         b"payload"
@@ -749,8 +755,4 @@ fn s3_puts_are_retried_while_the_store_is_down() {
         rt.block_on(store.list("t/")).expect("list"),
         vec!["t/d=1/f.parquet".to_owned()]
     );
-}
-
-fn rt_for_thread() -> tokio::runtime::Runtime {
-    rt()
 }

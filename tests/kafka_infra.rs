@@ -100,6 +100,7 @@ async fn tansu_topics_and_round_trip() {
             name: topic.into(),
             partitions: 4,
             compacted: false,
+            retain_forever: false,
         }],
     )
     .await

@@ -453,6 +453,69 @@ impl ArchiveWriter {
         })
     }
 
+    /// [`ArchiveWriter::append_event`], with the file cut by the position
+    /// `at` the event was consumed from instead of its original position
+    /// (the Kafka runtime: an owner consumes an internal topic, so the
+    /// archive follows that topic's partitions and offsets; the row still
+    /// carries the original position).
+    pub fn append_event_at(
+        &mut self,
+        e: &EnrichedEvent,
+        at: &Provenance,
+        processed_at_ms: i64,
+    ) -> Result<(), ArchiveError> {
+        let file = FileKey::new(
+            Table::DeliveryEvents,
+            e.event.event_timestamp,
+            Some(e.event.channel),
+        );
+        self.append_row(file, at, |r| match r {
+            Rows::Events(b) => b.append(e, processed_at_ms),
+            _ => 0,
+        })
+    }
+
+    /// [`ArchiveWriter::append_inbound`], cut by the consumed position `at`
+    /// (see [`ArchiveWriter::append_event_at`]).
+    pub fn append_inbound_at(
+        &mut self,
+        m: &EnrichedInbound,
+        at: &Provenance,
+        fallback_date_ms: i64,
+        processed_at_ms: i64,
+    ) -> Result<(), ArchiveError> {
+        let date = m.message.received_at.unwrap_or(fallback_date_ms);
+        let file = FileKey::new(Table::InboundMessages, date, None);
+        self.append_row(file, at, |r| match r {
+            Rows::Inbound(b) => b.append(m, processed_at_ms),
+            _ => 0,
+        })
+    }
+
+    /// [`ArchiveWriter::append_dead_letter`], cut by the consumed position
+    /// `at` (see [`ArchiveWriter::append_event_at`]).
+    pub fn append_dead_letter_at(
+        &mut self,
+        d: &DeadLetter,
+        at: &Provenance,
+        record_timestamp_ms: Option<i64>,
+        processed_at_ms: i64,
+    ) -> Result<(), ArchiveError> {
+        let date = record_timestamp_ms.unwrap_or(0);
+        let file = FileKey::new(Table::DeadLetters, date, None);
+        self.append_row(file, at, |r| match r {
+            Rows::DeadLetters(b) => b.append(d, record_timestamp_ms, processed_at_ms),
+            _ => 0,
+        })
+    }
+
+    /// Drops every row of `key` not yet uploaded (the Kafka runtime lost the
+    /// partition: its new owner re-reads those records from the last
+    /// committed offset and writes them itself).
+    pub fn discard_source(&mut self, key: &SourceKey) {
+        self.sources.remove(key);
+    }
+
     /// Appends an accepted inbound message, partitioned by the UTC date of
     /// its received_at, or of `fallback_date_ms` when unknown.
     pub fn append_inbound(

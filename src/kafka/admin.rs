@@ -40,21 +40,35 @@ pub struct TopicSpec {
     /// `cleanup.policy=compact`: a keyed state topic where only the latest
     /// record of a key matters.
     pub compacted: bool,
+    /// `retention.ms=-1`: an internal topic that is also the log its owner
+    /// rebuilds its state from (the owner replays it from the start).
+    pub retain_forever: bool,
 }
+
+/// Suffix of the internal topic of delivery events keyed by messageId.
+pub const EVENTS_BY_MESSAGE: &str = "events-by-message";
+/// Suffix of the internal topic of inbound messages keyed by customer number.
+pub const INBOUND_BY_NUMBER: &str = "inbound-by-number";
+/// Suffix of the internal topic of partial spend totals, partitioned by
+/// (month, channel).
+pub const SPEND_PARTIALS: &str = "spend-partials";
 
 /// Every topic the pipeline writes, for `cfg`: the outputs, then the internal
 /// topics `{internal_prefix}events-by-message` and `inbound-by-number`
-/// (repartitioning) and `message-state` and `spend-contributions` (state
-/// changelogs, compacted). Each has `cfg.partitions` partitions.
+/// (repartitioning; kept forever: their owners rebuild state by replaying
+/// them) and `spend-partials` (state changelog, compacted). Each has
+/// `cfg.partitions` partitions.
 pub fn all_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
     let o = &cfg.output_topics;
     let spec = |name: &str, compacted: bool| TopicSpec {
         name: name.to_owned(),
         partitions: cfg.partitions,
         compacted,
+        retain_forever: false,
     };
-    let internal = |suffix: &str, compacted: bool| {
-        spec(&format!("{}{}", cfg.internal_prefix, suffix), compacted)
+    let internal = |suffix: &str, compacted: bool| TopicSpec {
+        retain_forever: !compacted,
+        ..spec(&cfg.internal_topic(suffix), compacted)
     };
     vec![
         spec(&o.enriched_events, false),
@@ -64,10 +78,9 @@ pub fn all_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
         spec(&o.alarms, false),
         spec(&o.replies, false),
         spec(&o.dead_letters, false),
-        internal("events-by-message", false),
-        internal("inbound-by-number", false),
-        internal("message-state", true),
-        internal("spend-contributions", true),
+        internal(EVENTS_BY_MESSAGE, false),
+        internal(INBOUND_BY_NUMBER, false),
+        internal(SPEND_PARTIALS, true),
     ]
 }
 
@@ -213,8 +226,10 @@ fn judge(r: TopicResult, attempt: &[TopicSpec], without_configs: &[String]) -> O
             Outcome::Existing(name, n)
         }
         Err((name, code)) => {
-            let compacted = attempt.iter().any(|s| s.name == name && s.compacted);
-            if compacted && !without_configs.contains(&name) {
+            let configured = attempt
+                .iter()
+                .any(|s| s.name == name && (s.compacted || s.retain_forever));
+            if configured && !without_configs.contains(&name) {
                 Outcome::RetryWithoutConfigs(name, code)
             } else {
                 Outcome::Failed(name, code)
@@ -237,8 +252,12 @@ async fn create(
                 s.partitions,
                 TopicReplication::Fixed(i32::from(replication)),
             );
-            if s.compacted && !without_configs.contains(&s.name) {
+            if without_configs.contains(&s.name) {
+                t
+            } else if s.compacted {
                 t.set("cleanup.policy", "compact")
+            } else if s.retain_forever {
+                t.set("retention.ms", "-1")
             } else {
                 t
             }
@@ -388,7 +407,7 @@ mod tests {
     fn all_topics_lists_outputs_and_internal_topics() {
         let cfg = KafkaConfig::new("x:1");
         let t = all_topics(&cfg);
-        assert_eq!(t.len(), 11);
+        assert_eq!(t.len(), 10);
         let compacted: Vec<&str> = t
             .iter()
             .filter(|s| s.compacted)
@@ -399,13 +418,21 @@ mod tests {
             [
                 "smsvoice.optout-changelog",
                 "smsvoice.spend",
-                "smsvoice.internal.message-state",
-                "smsvoice.internal.spend-contributions"
+                "smsvoice.internal.spend-partials"
             ]
         );
-        assert!(t
+        let forever: Vec<&str> = t
             .iter()
-            .any(|s| s.name == "smsvoice.internal.events-by-message" && !s.compacted));
+            .filter(|s| s.retain_forever)
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(
+            forever,
+            [
+                "smsvoice.internal.events-by-message",
+                "smsvoice.internal.inbound-by-number"
+            ]
+        );
         assert!(t.iter().all(|s| s.partitions == 6));
     }
 
@@ -425,11 +452,13 @@ mod tests {
                 name: "state".into(),
                 partitions: 3,
                 compacted: true,
+                retain_forever: false,
             },
             TopicSpec {
                 name: "plain".into(),
                 partitions: 3,
                 compacted: false,
+                retain_forever: false,
             },
         ];
         let e = |n: &str, c| Err((n.to_owned(), c));

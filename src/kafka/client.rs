@@ -162,6 +162,10 @@ pub enum ClientError {
     /// The mock cluster could not be started.
     #[error("mock cluster: {0}")]
     MockCluster(String),
+    /// Records were not delivered (the first failure is named); the batch is
+    /// produced again from the last commit.
+    #[error("delivery failed: {0}")]
+    Delivery(String),
 }
 
 impl ClientError {
@@ -181,7 +185,7 @@ impl ClientError {
         match self {
             ClientError::Kafka { source, .. } => kafka_error_is_retryable(source),
             ClientError::Broker { code, .. } => code_is_retryable(*code),
-            ClientError::Timeout { .. } => true,
+            ClientError::Timeout { .. } | ClientError::Delivery(_) => true,
             ClientError::Config(_) | ClientError::MockCluster(_) => false,
         }
     }

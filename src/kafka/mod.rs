@@ -101,6 +101,12 @@ pub struct KafkaConfig {
     /// Default 100000.
     #[serde(default = "default_max_in_flight_records")]
     pub max_in_flight_records: usize,
+    /// How often (ms) each stage commits: its outputs are flushed (or its
+    /// transaction committed), its archive files uploaded, then its input
+    /// offsets committed. Archive files are cut at these commits, so this is
+    /// also the longest a row waits before it is queryable. Default 5000.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
 }
 
 /// `[kafka.input_topics]`. A topic may appear in both lists: it then carries
@@ -189,7 +195,13 @@ impl KafkaConfig {
             shutdown_grace_ms: default_shutdown_grace_ms(),
             transaction_timeout_ms: default_transaction_timeout_ms(),
             max_in_flight_records: default_max_in_flight_records(),
+            commit_interval_ms: default_commit_interval_ms(),
         }
+    }
+
+    /// Name of the internal topic `suffix` ([`admin::EVENTS_BY_MESSAGE`], ...).
+    pub fn internal_topic(&self, suffix: &str) -> String {
+        format!("{}{}", self.internal_prefix, suffix)
     }
 
     /// Checks what types cannot; the message names the key.
@@ -211,6 +223,9 @@ impl KafkaConfig {
                 "kafka.replication_factor must be at least 1, not {}",
                 self.replication_factor
             ));
+        }
+        if self.commit_interval_ms == 0 {
+            return Err("kafka.commit_interval_ms must be at least 1".into());
         }
         if self.max_in_flight_records == 0 {
             return Err("kafka.max_in_flight_records must be at least 1".into());
@@ -271,6 +286,9 @@ fn default_transaction_timeout_ms() -> u64 {
 }
 fn default_max_in_flight_records() -> usize {
     100_000
+}
+fn default_commit_interval_ms() -> u64 {
+    5_000
 }
 fn default_enriched_events() -> String {
     "smsvoice.enriched-events".into()

@@ -317,7 +317,7 @@ pub fn consume_all(
     }
     c.assign(&tpl)
         .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
-    let mut out: Vec<Consumed> = Vec::with_capacity(expected_count);
+    let mut out: Vec<Consumed> = Vec::with_capacity(expected_count.min(1 << 16));
     let mut last = Instant::now();
     while start.elapsed() < timeout {
         match c.poll(Duration::from_millis(50)) {

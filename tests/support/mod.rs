@@ -1,4 +1,5 @@
 //! Shared helpers of the integration tests.
 pub mod duckdb;
 pub mod kafka;
+pub mod outage_proxy;
 pub mod s3_server;

@@ -1,0 +1,180 @@
+//! Stage 2a in Kafka: the owners of the partitions of `events-by-message`.
+//!
+//! Per owned partition, a [`MessageOwner`] (the spend ledger of its
+//! messages). State restore: the partition itself is the owner's log: on
+//! assignment it is replayed from offset 0 up to the committed offset with
+//! outputs discarded, which rebuilds the ledger exactly (the ledger is a
+//! deterministic function of the records in order). The topic is created
+//! with `retention.ms=-1` for that reason.
+//!
+//! Outputs: the enriched event (key messageId), the partition's changed
+//! partial totals on `spend-partials` (key `month|channel|p`, partition
+//! chosen by `month|channel` so one totals owner sees every partial of a
+//! key), dead letters. The archive's delivery-event files are cut by this
+//! partition and offset.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::records::{dead_letter, partition_of, OutRecord};
+use super::restore::replay;
+use super::stage::{InRecord, Logic};
+use super::{RuntimeError, Shared};
+use crate::archive::writer::{now_ms, ArchiveWriter, SourceKey};
+use crate::kafka::admin::{EVENTS_BY_MESSAGE, SPEND_PARTIALS};
+use crate::model::Provenance;
+use crate::stages::message_owner::{MessageOwner, OwnerOutputs};
+use crate::stages::view::View;
+
+/// The message-owner stage.
+pub struct MessageStage {
+    topic: String,
+    topic_arc: Arc<str>,
+    partials_topic: String,
+    partials_partitions: i32,
+    enriched_topic: String,
+    dead_topic: String,
+    owners: HashMap<i32, MessageOwner>,
+    out: OwnerOutputs,
+    archive: Option<ArchiveWriter>,
+}
+
+impl MessageStage {
+    /// A stage for `shared`'s configuration.
+    pub fn new(shared: &Shared) -> MessageStage {
+        let topic = shared.internal(EVENTS_BY_MESSAGE);
+        let partials_topic = shared.internal(SPEND_PARTIALS);
+        MessageStage {
+            topic_arc: Arc::from(topic.as_str()),
+            topic,
+            partials_partitions: shared.partitions_of(&partials_topic),
+            partials_topic,
+            enriched_topic: shared.kafka.output_topics.enriched_events.clone(),
+            dead_topic: shared.kafka.output_topics.dead_letters.clone(),
+            owners: HashMap::new(),
+            out: OwnerOutputs::default(),
+            archive: shared
+                .store
+                .as_ref()
+                .map(|_| ArchiveWriter::new(shared.cfg.archive.rolling, shared.cfg.archive.retry)),
+        }
+    }
+
+    fn at(&self, rec: &InRecord<'_>) -> Provenance {
+        Provenance {
+            source: self.topic_arc.clone(),
+            partition: Some(rec.partition),
+            offset: rec.offset,
+            sub: 0,
+        }
+    }
+}
+
+impl Logic for MessageStage {
+    fn name(&self) -> &'static str {
+        "messages"
+    }
+
+    fn group_suffix(&self) -> &'static str {
+        "messages"
+    }
+
+    fn topics(&self, _: &Shared) -> Vec<String> {
+        vec![self.topic.clone()]
+    }
+
+    fn assign(
+        &mut self,
+        shared: &Shared,
+        topic: &str,
+        partition: i32,
+        committed: Option<i64>,
+    ) -> Result<(), RuntimeError> {
+        let mut owner = MessageOwner::new(&shared.cfg.spend, partition);
+        if let Some(until) = committed {
+            // Outputs of the replay are discarded: they were produced when
+            // the records were first processed.
+            let view = View::new(&shared.cfg.optout);
+            let mut scratch = OwnerOutputs::default();
+            let at_topic = self.topic_arc.clone();
+            replay(shared, topic, partition, Some(until), |rec| {
+                let at = Provenance {
+                    source: at_topic.clone(),
+                    partition: Some(rec.partition),
+                    offset: rec.offset,
+                    sub: 0,
+                };
+                owner.process(rec.value, &at, &view, &mut scratch);
+                scratch.clear();
+            })?;
+        }
+        self.owners.insert(partition, owner);
+        Ok(())
+    }
+
+    fn revoke(&mut self, _: &str, partition: i32) {
+        self.owners.remove(&partition);
+        if let Some(a) = self.archive.as_mut() {
+            a.discard_source(&SourceKey {
+                source: self.topic_arc.clone(),
+                partition: Some(partition),
+            });
+        }
+    }
+
+    fn process(
+        &mut self,
+        shared: &Shared,
+        rec: &InRecord<'_>,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), RuntimeError> {
+        let at = self.at(rec);
+        let Some(owner) = self.owners.get_mut(&rec.partition) else {
+            return Ok(());
+        };
+        self.out.clear();
+        {
+            let view = shared
+                .view
+                .read()
+                .map_err(|_| RuntimeError::Stage("messages", "view lock poisoned".into()))?;
+            owner.process(rec.value, &at, &view, &mut self.out);
+        }
+        let m = &shared.metrics;
+        m.events.fetch_add(1, Ordering::Relaxed);
+        let processed_at = now_ms();
+        for e in &self.out.events {
+            out.push(OutRecord::keyed(
+                &self.enriched_topic,
+                e.event.message_id.as_bytes(),
+                e.json.clone(),
+            ));
+            if let Some(a) = self.archive.as_mut() {
+                a.append_event_at(e, &at, processed_at)
+                    .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+            }
+        }
+        for p in &self.out.partials {
+            let mut o = OutRecord::json(&self.partials_topic, p.key(), p);
+            o.partition = Some(partition_of(
+                &format!("{}|{}", p.month, p.channel),
+                self.partials_partitions,
+            ));
+            out.push(o);
+        }
+        for d in &self.out.dead_letters {
+            m.dead_letters.fetch_add(1, Ordering::Relaxed);
+            out.push(dead_letter(&self.dead_topic, d, rec.timestamp_ms));
+            if let Some(a) = self.archive.as_mut() {
+                a.append_dead_letter_at(d, &at, rec.timestamp_ms, processed_at)
+                    .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, shared: &Shared) -> Result<(), RuntimeError> {
+        super::router::checkpoint(shared, self.archive.as_mut())
+    }
+}

@@ -1,0 +1,368 @@
+//! The Kafka runtime (`smsvoice run`): the pure [`crate::stages`] wired to
+//! Kafka with rdkafka.
+//!
+//! Every instance runs the same five loops, each on its own thread:
+//!
+//! | loop | consumes (group) | produces |
+//! |---|---|---|
+//! | [`router`] | input topics (`<group>`) | `events-by-message` (key messageId), `inbound-by-number` (key customer), dead letters |
+//! | [`message_stage`] | `events-by-message` (`<group>.messages`) | enriched events, `spend-partials` |
+//! | [`optout_stage`] | `inbound-by-number` (`<group>.optouts`) | enriched inbound, opt-out changelog, replies |
+//! | [`totals_stage`] | `spend-partials` (`<group>.totals`) | spend changelog, alarms |
+//! | [`replica`] | opt-out changelog + `spend-partials`, all partitions, no group | (the local [`crate::stages::view::View`]) |
+//!
+//! [`stage`] holds what the four consuming loops share: consume, process,
+//! produce, then at each commit point upload the archive and commit offsets
+//! (with the outputs in one transaction when `exactly_once`). State is
+//! rebuilt from Kafka on assignment ([`restore`]); nothing is kept on local
+//! disk. The delivery guarantee of each output is written down in the
+//! README's design section and in `docs/kafka-runtime-design.md`.
+
+pub mod message_stage;
+pub mod optout_stage;
+pub mod records;
+pub mod replica;
+pub mod restore;
+pub mod router;
+pub mod stage;
+pub mod totals_stage;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::archive::Store;
+use crate::config::Config;
+use crate::kafka::admin::{EVENTS_BY_MESSAGE, INBOUND_BY_NUMBER, SPEND_PARTIALS};
+use crate::kafka::{all_topics, ensure_topics, ClientError, KafkaConfig};
+use crate::stages::view::View;
+
+/// Why the runtime stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The configuration has no `[kafka]` section or it is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Kafka failed (classified by [`ClientError::is_retryable`]).
+    #[error(transparent)]
+    Kafka(#[from] ClientError),
+    /// The archive failed.
+    #[error("archive: {0}")]
+    Archive(String),
+    /// A stage thread died (a bug).
+    #[error("stage {0} stopped unexpectedly: {1}")]
+    Stage(&'static str, String),
+}
+
+/// Counters of one running instance, updated by the loops.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Input records read by the router.
+    pub router_records: AtomicU64,
+    /// Dead letters written (router and owners).
+    pub dead_letters: AtomicU64,
+    /// Forwarded delivery events processed by the message owners.
+    pub events: AtomicU64,
+    /// Forwarded inbound messages processed by the opt-out owners.
+    pub inbound: AtomicU64,
+    /// Partial totals processed by the totals owners.
+    pub partials: AtomicU64,
+    /// Alarm and limit records written.
+    pub alarms: AtomicU64,
+    /// Commits (transactions or offset commits) done, all stages.
+    pub commits: AtomicU64,
+    /// Records replayed to rebuild state.
+    pub restored_records: AtomicU64,
+    /// Time spent rebuilding state, ms.
+    pub restore_ms: AtomicU64,
+    /// Rewinds after an error or a rebalance in a transaction.
+    pub rewinds: AtomicU64,
+    /// Partitions re-read after the broker delivered an offset beyond the
+    /// expected one (see `stage::in_sequence`).
+    pub refetches: AtomicU64,
+    /// Records read by any stage (a progress signal).
+    pub progress: AtomicU64,
+}
+
+impl Metrics {
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// What every loop of an instance shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// The whole configuration.
+    pub cfg: Arc<Config>,
+    /// Its `[kafka]` section.
+    pub kafka: Arc<KafkaConfig>,
+    /// Set to stop: loops finish and commit what they hold, then return.
+    pub shutdown: Arc<AtomicBool>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The replicated view (opt-out table, partial totals).
+    pub view: Arc<RwLock<View>>,
+    /// The archive location, if archiving.
+    pub store: Option<Arc<Store>>,
+    /// Runs the archive's uploads.
+    pub io: tokio::runtime::Handle,
+    /// Partition count of every topic the runtime writes with an explicit
+    /// partition.
+    pub partitions: Arc<BTreeMap<String, i32>>,
+}
+
+impl Shared {
+    /// Name of an internal topic.
+    pub fn internal(&self, suffix: &str) -> String {
+        self.kafka.internal_topic(suffix)
+    }
+
+    /// Partition count of `topic` (1 when unknown).
+    pub fn partitions_of(&self, topic: &str) -> i32 {
+        self.partitions.get(topic).copied().unwrap_or(1).max(1)
+    }
+
+    /// True once shutdown was asked for.
+    pub fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+}
+
+/// A running instance: its threads and handles.
+pub struct Instance {
+    shared: Shared,
+    threads: Vec<(
+        &'static str,
+        std::thread::JoinHandle<Result<(), RuntimeError>>,
+    )>,
+    _io: Option<tokio::runtime::Runtime>,
+}
+
+impl Instance {
+    /// Validates the configuration, creates the missing topics, opens the
+    /// archive and starts the loops. `io` runs async work (topic creation,
+    /// archive uploads); when `None` the instance makes its own runtime.
+    pub fn start(
+        cfg: Config,
+        io: Option<tokio::runtime::Handle>,
+    ) -> Result<Instance, RuntimeError> {
+        let kafka = cfg
+            .kafka
+            .clone()
+            .ok_or_else(|| RuntimeError::Config("no [kafka] section".into()))?;
+        kafka.validate().map_err(RuntimeError::Config)?;
+        if kafka.input_topics.all().is_empty() {
+            return Err(RuntimeError::Config(
+                "kafka.input_topics lists no topic".into(),
+            ));
+        }
+        let (own_rt, handle) = match io {
+            Some(h) => (None, h),
+            None => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| RuntimeError::Config(format!("tokio runtime: {e}")))?;
+                let h = rt.handle().clone();
+                (Some(rt), h)
+            }
+        };
+        let specs = all_topics(&kafka);
+        let report = block_on(&handle, ensure_topics(&kafka, &specs))?;
+        if !report.created.is_empty() {
+            tracing::info!(created = ?report.created, "created topics");
+        }
+        let mut partitions = BTreeMap::new();
+        for s in &specs {
+            let n = report
+                .existing
+                .get(&s.name)
+                .copied()
+                .unwrap_or(s.partitions);
+            partitions.insert(s.name.clone(), n);
+        }
+        let store = match &cfg.archive.uri {
+            Some(uri) => {
+                cfg.archive.validate().map_err(RuntimeError::Config)?;
+                let store = block_on(&handle, Store::open(uri, &cfg.archive))
+                    .map_err(|e| RuntimeError::Archive(format!("open {uri}: {e}")))?;
+                Some(Arc::new(store))
+            }
+            None => None,
+        };
+        let view = View::new(&cfg.optout);
+        let shared = Shared {
+            cfg: Arc::new(cfg),
+            kafka: Arc::new(kafka),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            metrics: Arc::new(Metrics::default()),
+            view: Arc::new(RwLock::new(view)),
+            store,
+            io: handle,
+            partitions: Arc::new(partitions),
+        };
+        let mut threads = Vec::new();
+        let spawn = |name: &'static str,
+                     f: Box<dyn FnOnce() -> Result<(), RuntimeError> + Send>|
+         -> Result<_, RuntimeError> {
+            std::thread::Builder::new()
+                .name(format!("smsvoice-{name}"))
+                .spawn(f)
+                .map(|h| (name, h))
+                .map_err(|e| RuntimeError::Stage(name, e.to_string()))
+        };
+        {
+            let s = shared.clone();
+            threads.push(spawn("replica", Box::new(move || replica::run(&s)))?);
+        }
+        {
+            let s = shared.clone();
+            threads.push(spawn(
+                "router",
+                Box::new(move || stage::run(&s, router::Router::new(&s))),
+            )?);
+        }
+        {
+            let s = shared.clone();
+            threads.push(spawn(
+                "messages",
+                Box::new(move || stage::run(&s, message_stage::MessageStage::new(&s))),
+            )?);
+        }
+        {
+            let s = shared.clone();
+            threads.push(spawn(
+                "optouts",
+                Box::new(move || stage::run(&s, optout_stage::OptOutStage::new(&s))),
+            )?);
+        }
+        {
+            let s = shared.clone();
+            threads.push(spawn(
+                "totals",
+                Box::new(move || stage::run(&s, totals_stage::TotalsStage::new(&s))),
+            )?);
+        }
+        Ok(Instance {
+            shared,
+            threads,
+            _io: own_rt,
+        })
+    }
+
+    /// The shared handles (metrics, view, shutdown flag).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Asks every loop to stop after committing what it holds.
+    pub fn request_stop(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// True when a loop has ended (after an internal error, or a stop).
+    pub fn any_finished(&self) -> bool {
+        self.threads.iter().any(|(_, h)| h.is_finished())
+    }
+
+    /// Stops and waits at most `grace` for the loops to finish; returns the
+    /// first error a loop reported. Loops still running after `grace` are
+    /// left behind (the process is about to exit; their uncommitted work is
+    /// redone by the next owner).
+    pub fn stop(self, grace: Duration) -> Result<(), RuntimeError> {
+        self.request_stop();
+        let deadline = Instant::now() + grace;
+        let mut first_err = None;
+        for (name, h) in self.threads {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !h.is_finished() {
+                tracing::warn!(stage = name, "did not finish within the grace period");
+                continue;
+            }
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(stage = name, error = %e, "stage failed");
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(RuntimeError::Stage(name, "panicked".into()));
+                }
+            }
+        }
+        if let Some(rt) = self._io {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Runs `f` on `handle` from a plain thread.
+pub fn block_on<F: std::future::Future>(handle: &tokio::runtime::Handle, f: F) -> F::Output {
+    handle.block_on(f)
+}
+
+/// The internal topic names, for tests and tools.
+pub fn internal_topics(k: &KafkaConfig) -> [String; 3] {
+    [
+        k.internal_topic(EVENTS_BY_MESSAGE),
+        k.internal_topic(INBOUND_BY_NUMBER),
+        k.internal_topic(SPEND_PARTIALS),
+    ]
+}
+
+/// `smsvoice run`: starts an instance and runs it until SIGTERM or SIGINT,
+/// then stops it within `kafka.shutdown_grace_ms` (every loop finishes its
+/// record, commits what it holds and leaves its group). Logs progress every
+/// 10 seconds at info level.
+pub fn run_until_signal(cfg: Config) -> Result<(), RuntimeError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| RuntimeError::Config(format!("tokio runtime: {e}")))?;
+    let grace = Duration::from_millis(cfg.kafka.as_ref().map_or(30_000, |k| k.shutdown_grace_ms));
+    let instance = Instance::start(cfg, Some(rt.handle().clone()))?;
+    let metrics = instance.shared().metrics.clone();
+    let why = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return "SIGINT",
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => return "SIGTERM",
+                _ = tick.tick() => log_progress(&metrics),
+                _ = check.tick() => if instance.any_finished() { return "a stage stopped"; },
+            }
+        }
+    });
+    tracing::info!(reason = why, "stopping");
+    let r = instance.stop(grace);
+    log_progress(&metrics);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    r
+}
+
+fn log_progress(m: &Metrics) {
+    tracing::info!(
+        input_records = Metrics::get(&m.router_records),
+        events = Metrics::get(&m.events),
+        inbound = Metrics::get(&m.inbound),
+        partials = Metrics::get(&m.partials),
+        alarms = Metrics::get(&m.alarms),
+        dead_letters = Metrics::get(&m.dead_letters),
+        commits = Metrics::get(&m.commits),
+        restored_records = Metrics::get(&m.restored_records),
+        restore_ms = Metrics::get(&m.restore_ms),
+        refetches = Metrics::get(&m.refetches),
+        "progress"
+    );
+}

@@ -1,0 +1,157 @@
+//! Stage 2b in Kafka: the owners of the partitions of `inbound-by-number`.
+//!
+//! Per owned partition, an [`OptOutOwner`] (keyword rules, last-writer-wins
+//! state of its customers). State restore: like the message owners, the
+//! partition is replayed from offset 0 to the committed offset with outputs
+//! discarded (`retention.ms=-1`).
+//!
+//! Outputs: the enriched inbound message (key customer number), the opt-out
+//! changelog (key `list|number`, full state: a replay rewrites the same
+//! value), replies of self-managed numbers, dead letters. The archive's
+//! inbound files are cut by this partition and offset.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::records::{dead_letter, OutRecord};
+use super::restore::replay;
+use super::stage::{InRecord, Logic};
+use super::{RuntimeError, Shared};
+use crate::archive::writer::{now_ms, ArchiveWriter, SourceKey};
+use crate::kafka::admin::INBOUND_BY_NUMBER;
+use crate::model::Provenance;
+use crate::stages::optout_owner::{OptOutOutputs, OptOutOwner};
+
+/// The opt-out owner stage.
+pub struct OptOutStage {
+    topic: String,
+    topic_arc: Arc<str>,
+    owners: HashMap<i32, OptOutOwner>,
+    out: OptOutOutputs,
+    archive: Option<ArchiveWriter>,
+}
+
+impl OptOutStage {
+    /// A stage for `shared`'s configuration.
+    pub fn new(shared: &Shared) -> OptOutStage {
+        let topic = shared.internal(INBOUND_BY_NUMBER);
+        OptOutStage {
+            topic_arc: Arc::from(topic.as_str()),
+            topic,
+            owners: HashMap::new(),
+            out: OptOutOutputs::default(),
+            archive: shared
+                .store
+                .as_ref()
+                .map(|_| ArchiveWriter::new(shared.cfg.archive.rolling, shared.cfg.archive.retry)),
+        }
+    }
+}
+
+impl Logic for OptOutStage {
+    fn name(&self) -> &'static str {
+        "optouts"
+    }
+
+    fn group_suffix(&self) -> &'static str {
+        "optouts"
+    }
+
+    fn topics(&self, _: &Shared) -> Vec<String> {
+        vec![self.topic.clone()]
+    }
+
+    fn assign(
+        &mut self,
+        shared: &Shared,
+        topic: &str,
+        partition: i32,
+        committed: Option<i64>,
+    ) -> Result<(), RuntimeError> {
+        let mut owner = OptOutOwner::new(&shared.cfg.optout);
+        if let Some(until) = committed {
+            let mut scratch = OptOutOutputs::default();
+            let at_topic = self.topic_arc.clone();
+            replay(shared, topic, partition, Some(until), |rec| {
+                let at = Provenance {
+                    source: at_topic.clone(),
+                    partition: Some(rec.partition),
+                    offset: rec.offset,
+                    sub: 0,
+                };
+                owner.process(rec.value, &at, &mut scratch);
+                scratch.clear();
+            })?;
+        }
+        self.owners.insert(partition, owner);
+        Ok(())
+    }
+
+    fn revoke(&mut self, _: &str, partition: i32) {
+        self.owners.remove(&partition);
+        if let Some(a) = self.archive.as_mut() {
+            a.discard_source(&SourceKey {
+                source: self.topic_arc.clone(),
+                partition: Some(partition),
+            });
+        }
+    }
+
+    fn process(
+        &mut self,
+        shared: &Shared,
+        rec: &InRecord<'_>,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), RuntimeError> {
+        let at = Provenance {
+            source: self.topic_arc.clone(),
+            partition: Some(rec.partition),
+            offset: rec.offset,
+            sub: 0,
+        };
+        let Some(owner) = self.owners.get_mut(&rec.partition) else {
+            return Ok(());
+        };
+        self.out.clear();
+        owner.process(rec.value, &at, &mut self.out);
+        let k = &shared.kafka.output_topics;
+        let m = &shared.metrics;
+        m.inbound.fetch_add(1, Ordering::Relaxed);
+        let processed_at = now_ms();
+        for i in &self.out.inbound {
+            out.push(OutRecord::keyed(
+                &k.enriched_inbound,
+                i.message.origination_number.as_bytes(),
+                i.json.clone(),
+            ));
+            if let Some(a) = self.archive.as_mut() {
+                a.append_inbound_at(i, &at, rec.timestamp_ms.unwrap_or(0), processed_at)
+                    .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+            }
+        }
+        for c in &self.out.changes {
+            out.push(OutRecord::json(
+                &k.optout_changelog,
+                format!("{}|{}", c.opt_out_list, c.number),
+                c,
+            ));
+        }
+        for r in &self.out.replies {
+            out.push(OutRecord::json(&k.replies, r.to.as_bytes(), r));
+        }
+        for d in &self.out.dead_letters {
+            m.dead_letters.fetch_add(1, Ordering::Relaxed);
+            out.push(dead_letter(&k.dead_letters, d, rec.timestamp_ms));
+            if let Some(a) = self.archive.as_mut() {
+                a.append_dead_letter_at(d, &at, rec.timestamp_ms, processed_at)
+                    .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, shared: &Shared) -> Result<(), RuntimeError> {
+        super::router::checkpoint(shared, self.archive.as_mut())
+    }
+}

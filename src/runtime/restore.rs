@@ -1,0 +1,153 @@
+//! Reading a partition from its start to rebuild state.
+//!
+//! A partition is read by a consumer of its own (assigned, no group, never
+//! committing), with the isolation level of the run (`read_committed` in
+//! exactly-once mode, so aborted records are never part of restored state).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::stage::InRecord;
+use super::{RuntimeError, Shared};
+use crate::kafka::{consumer_config, ClientError};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the reader may see no progress before it gives up (the attempt
+/// then restarts from scratch).
+const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn kafka(context: &str, e: rdkafka::error::KafkaError) -> RuntimeError {
+    RuntimeError::Kafka(ClientError::kafka(context.to_owned(), e))
+}
+
+/// Reads `topic`/`partition` from its first retained record up to `until`
+/// (exclusive; `None`: up to the end as of now), calling `f` on each record.
+/// Returns the number of records read. Logs a warning when the log no
+/// longer starts at offset 0 (retention deleted records: the state rebuilt
+/// from it may be incomplete).
+pub fn replay(
+    shared: &Shared,
+    topic: &str,
+    partition: i32,
+    until: Option<i64>,
+    mut f: impl FnMut(&InRecord<'_>),
+) -> Result<u64, RuntimeError> {
+    let started = Instant::now();
+    let mut cfg = consumer_config(&shared.kafka, "restore");
+    // No group membership, no commits: a plain reader.
+    cfg.set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = cfg
+        .create()
+        .map_err(|e| kafka("create restore consumer", e))?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, CALL_TIMEOUT)
+        .map_err(|e| kafka("fetch watermarks", e))?;
+    // A committed offset is a fact about the log: read up to it even when the
+    // broker's reported high watermark lags behind it (seen with tansu).
+    if let Some(u) = until {
+        if high < u {
+            tracing::warn!(
+                topic,
+                partition,
+                high,
+                committed = u,
+                "high watermark below the committed offset: reading up to the committed offset"
+            );
+        }
+    }
+    let end = until.unwrap_or(high);
+    if low > 0 && end > 0 {
+        tracing::warn!(
+            topic,
+            partition,
+            first_retained = low,
+            "the log no longer starts at offset 0: state rebuilt from it may be incomplete"
+        );
+    }
+    if end <= low {
+        return Ok(0);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(low))
+        .map_err(|e| kafka("assign", e))?;
+    consumer.assign(&tpl).map_err(|e| kafka("assign", e))?;
+    let mut n = 0u64;
+    let mut last_progress = Instant::now();
+    // As in the stage loop: a gap is re-read once before it is believed.
+    let mut expected = low;
+    let mut gap: Option<(i64, i64)> = None;
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                let offset = m.offset();
+                if offset < expected {
+                    continue;
+                }
+                if offset > expected && gap != Some((expected, offset)) {
+                    gap = Some((expected, offset));
+                    consumer
+                        .seek(topic, partition, Offset::Offset(expected), CALL_TIMEOUT)
+                        .map_err(|e| kafka("seek", e))?;
+                    continue;
+                }
+                expected = offset + 1;
+                if m.offset() >= end {
+                    break;
+                }
+                f(&InRecord::of(&m));
+                n += 1;
+                if m.offset() + 1 >= end {
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(topic, partition, error = %e, "restore read error");
+            }
+            None => {
+                // Transaction markers take offsets too: the position may
+                // reach the end without a record at end - 1.
+                if let Ok(pos) = consumer.position() {
+                    let at = pos
+                        .find_partition(topic, partition)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        });
+                    if at.is_some_and(|o| o >= end) {
+                        break;
+                    }
+                }
+                if last_progress.elapsed() > STALL_TIMEOUT {
+                    return Err(RuntimeError::Kafka(ClientError::Timeout {
+                        what: format!("restore {topic} [{partition}] up to {end}"),
+                        waited_ms: STALL_TIMEOUT.as_millis() as u64,
+                    }));
+                }
+            }
+        }
+    }
+    let ms = started.elapsed().as_millis() as u64;
+    shared
+        .metrics
+        .restored_records
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .metrics
+        .restore_ms
+        .fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        topic,
+        partition,
+        records = n,
+        low,
+        high,
+        end,
+        ms,
+        "state restored"
+    );
+    Ok(n)
+}

@@ -1,0 +1,195 @@
+//! Stage 1 in Kafka: decode input records, forward each payload to its
+//! owner's partition, dead-letter the rest (and archive the dead letters,
+//! cut by input partition and offset). Stateless: nothing to restore.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::records::{dead_letter, OutRecord};
+use super::stage::{InRecord, Logic};
+use super::{RuntimeError, Shared};
+use crate::archive::writer::{now_ms, ArchiveWriter, SourceKey};
+use crate::decode::RecordSource;
+use crate::kafka::admin::{EVENTS_BY_MESSAGE, INBOUND_BY_NUMBER};
+use crate::stages::forward::encode_idle;
+use crate::stages::router::{route, Routed};
+
+/// The router stage.
+pub struct Router {
+    events_topic: String,
+    inbound_topic: String,
+    dead_topic: String,
+    sources: HashMap<String, Arc<str>>,
+    routed: Vec<Routed>,
+    archive: Option<ArchiveWriter>,
+    /// Partitions of `events_topic` (each gets every idle marker).
+    events_partitions: i32,
+    /// Input partitions read (or assigned) since their last idle marker.
+    active: Vec<(Arc<str>, i32)>,
+}
+
+impl Router {
+    /// A router for `shared`'s configuration.
+    pub fn new(shared: &Shared) -> Router {
+        let events_topic = shared.internal(EVENTS_BY_MESSAGE);
+        Router {
+            events_partitions: shared.partitions_of(&events_topic),
+            active: Vec::new(),
+            events_topic,
+            inbound_topic: shared.internal(INBOUND_BY_NUMBER),
+            dead_topic: shared.kafka.output_topics.dead_letters.clone(),
+            sources: HashMap::new(),
+            routed: Vec::new(),
+            archive: shared
+                .store
+                .as_ref()
+                .map(|_| ArchiveWriter::new(shared.cfg.archive.rolling, shared.cfg.archive.retry)),
+        }
+    }
+
+    fn source(&mut self, topic: &str) -> Arc<str> {
+        if let Some(s) = self.sources.get(topic) {
+            return s.clone();
+        }
+        let s: Arc<str> = Arc::from(topic);
+        self.sources.insert(topic.to_owned(), s.clone());
+        s
+    }
+}
+
+impl Logic for Router {
+    fn name(&self) -> &'static str {
+        "router"
+    }
+
+    fn group_suffix(&self) -> &'static str {
+        ""
+    }
+
+    fn topics(&self, shared: &Shared) -> Vec<String> {
+        shared.kafka.input_topics.all()
+    }
+
+    fn assign(
+        &mut self,
+        _: &Shared,
+        topic: &str,
+        partition: i32,
+        _: Option<i64>,
+    ) -> Result<(), RuntimeError> {
+        // A previous owner may have stopped before declaring it idle.
+        self.mark_active(topic, partition);
+        Ok(())
+    }
+
+    fn revoke(&mut self, topic: &str, partition: i32) {
+        self.active
+            .retain(|(t, p)| !(&**t == topic && *p == partition));
+        if let Some(a) = self.archive.as_mut() {
+            a.discard_source(&SourceKey {
+                source: Arc::from(topic),
+                partition: Some(partition),
+            });
+        }
+    }
+
+    fn process(
+        &mut self,
+        shared: &Shared,
+        rec: &InRecord<'_>,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), RuntimeError> {
+        let src = RecordSource {
+            source: self.source(rec.topic),
+            partition: Some(rec.partition),
+            offset: rec.offset,
+            timestamp_ms: rec.timestamp_ms,
+        };
+        self.mark_active(rec.topic, rec.partition);
+        self.routed.clear();
+        route(rec.value, &src, &mut self.routed);
+        let m = &shared.metrics;
+        m.router_records
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for r in self.routed.drain(..) {
+            match r {
+                Routed::Event { message_id, record } => {
+                    let mut o = OutRecord::keyed(&self.events_topic, message_id, record);
+                    o.timestamp_ms = rec.timestamp_ms;
+                    out.push(o);
+                }
+                Routed::Inbound { customer, record } => {
+                    let mut o = OutRecord::keyed(&self.inbound_topic, customer, record);
+                    o.timestamp_ms = rec.timestamp_ms;
+                    out.push(o);
+                }
+                Routed::Dead(d) => {
+                    m.dead_letters
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    out.push(dead_letter(&self.dead_topic, &d, rec.timestamp_ms));
+                    if let Some(a) = self.archive.as_mut() {
+                        a.append_dead_letter(&d, rec.timestamp_ms, 0, now_ms())
+                            .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, shared: &Shared) -> Result<(), RuntimeError> {
+        checkpoint(shared, self.archive.as_mut())
+    }
+
+    /// Sends an idle marker to every message owner for each input partition
+    /// read to its end since its last marker, so that the owners' spend
+    /// ledgers stop waiting for it (a partition merely behind, or whose
+    /// reader is down, sends none and keeps holding their watermark back).
+    fn idle(
+        &mut self,
+        _: &Shared,
+        caught_up: &mut dyn FnMut(&str, i32) -> bool,
+        out: &mut Vec<OutRecord>,
+    ) {
+        let events_topic = &self.events_topic;
+        let n = self.events_partitions;
+        self.active.retain(|(t, p)| {
+            if !caught_up(t, *p) {
+                return true;
+            }
+            let marker = encode_idle(t, *p);
+            for q in 0..n {
+                let mut o = OutRecord::keyed(events_topic, &b"idle"[..], marker.clone());
+                o.partition = Some(q);
+                out.push(o);
+            }
+            tracing::debug!(topic = &**t, partition = *p, "input partition caught up");
+            false
+        });
+    }
+}
+
+impl Router {
+    fn mark_active(&mut self, topic: &str, partition: i32) {
+        if !self
+            .active
+            .iter()
+            .any(|(t, p)| *p == partition && &**t == topic)
+        {
+            let t = self.source(topic);
+            self.active.push((t, partition));
+        }
+    }
+}
+
+/// Uploads every open file of `writer` (shared by the stages).
+pub fn checkpoint(shared: &Shared, writer: Option<&mut ArchiveWriter>) -> Result<(), RuntimeError> {
+    let (Some(w), Some(store)) = (writer, shared.store.as_ref()) else {
+        return Ok(());
+    };
+    shared
+        .io
+        .block_on(w.checkpoint(store))
+        .map(|_| ())
+        .map_err(|e| RuntimeError::Archive(e.to_string()))
+}

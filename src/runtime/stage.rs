@@ -1,0 +1,666 @@
+//! The loop every consuming stage runs: consume, process, produce, commit.
+//!
+//! * **Commit points** every `commit_interval_ms`, or when
+//!   `max_in_flight_records` records were read since the last one, or at
+//!   shutdown. At a commit point the stage (1) makes its outputs durable,
+//!   (2) uploads its archive files ([`Logic::checkpoint`]), (3) commits the
+//!   next offset of every partition it read. In at-least-once mode (1) is a
+//!   producer flush whose every delivery report must be a success, and (3) a
+//!   synchronous offset commit; with `exactly_once` the outputs and the
+//!   offsets are one Kafka transaction (`send_offsets_to_transaction` with
+//!   the consumer's group metadata, so a fenced zombie cannot commit).
+//! * **Assignment** (cooperative rebalancing): a newly assigned partition is
+//!   handed to [`Logic::assign`] with its committed offset before any of its
+//!   records is processed, so the stage rebuilds that partition's state from
+//!   Kafka. A revoked partition is dropped from the offsets to commit and
+//!   from the logic (its buffered archive rows too): its new owner re-reads
+//!   it from the last commit. In a transaction, a revocation aborts the
+//!   transaction and **rewinds** every partition still owned to its
+//!   committed offset (state rebuilt), so no transaction ever commits
+//!   offsets of a partition this instance no longer owns.
+//! * **Errors**: bad input never reaches here as an error (the logic turns it
+//!   into dead letters). A Kafka or archive error ends the attempt: the
+//!   clients are dropped (uncommitted work is redone from the last commit,
+//!   by this instance or another) and the stage starts again after a backoff
+//!   (1 s doubling to 30 s), logging each failure; it never exits the
+//!   process for a broker outage.
+//! * **Backpressure**: a full producer queue blocks the loop (the consumer is
+//!   not polled meanwhile), and a commit point is forced after
+//!   `max_in_flight_records` reads, which bounds archive buffers too.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::records::OutRecord;
+use super::{RuntimeError, Shared};
+use crate::kafka::{consumer_config, producer_config, ClientError};
+
+/// How long one poll waits for a record.
+const POLL: Duration = Duration::from_millis(50);
+/// Timeout of broker calls made by the loop (commits, transactions).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A record read by a stage.
+#[derive(Debug)]
+pub struct InRecord<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key, if any.
+    pub key: Option<&'a [u8]>,
+    /// Value (empty for a null value).
+    pub value: &'a [u8],
+    /// Record timestamp (ms), if any.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl<'a> InRecord<'a> {
+    /// Borrows a consumed message.
+    pub fn of(m: &'a BorrowedMessage<'a>) -> InRecord<'a> {
+        InRecord {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            value: m.payload().unwrap_or(&[]),
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+}
+
+/// What a stage does with its records; the loop does the rest.
+pub trait Logic {
+    /// Stage name (logs, thread name).
+    fn name(&self) -> &'static str;
+    /// Consumer group suffix (`""` for the group id itself).
+    fn group_suffix(&self) -> &'static str;
+    /// Topics consumed.
+    fn topics(&self, shared: &Shared) -> Vec<String>;
+    /// Takes ownership of a partition: rebuild its state from Kafka.
+    /// `committed` is the next offset to read (`None`: nothing committed).
+    fn assign(
+        &mut self,
+        shared: &Shared,
+        topic: &str,
+        partition: i32,
+        committed: Option<i64>,
+    ) -> Result<(), RuntimeError>;
+    /// Gives a partition up: drop its state and buffered archive rows.
+    fn revoke(&mut self, topic: &str, partition: i32);
+    /// Processes one record, pushing what to produce onto `out`.
+    fn process(
+        &mut self,
+        shared: &Shared,
+        rec: &InRecord<'_>,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), RuntimeError>;
+    /// Makes the archive rows of everything processed durable.
+    fn checkpoint(&mut self, shared: &Shared) -> Result<(), RuntimeError>;
+    /// Called when the consumer has had nothing to hand out, at most once per
+    /// [`IDLE_CHECK`]; `caught_up(topic, partition)` tells whether an owned
+    /// partition has been read to its end (one broker round trip). Pushes
+    /// what to produce onto `out`. Default: nothing.
+    fn idle(
+        &mut self,
+        _shared: &Shared,
+        _caught_up: &mut dyn FnMut(&str, i32) -> bool,
+        _out: &mut Vec<OutRecord>,
+    ) {
+    }
+}
+
+/// How often an idle loop asks its [`Logic::idle`].
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Rebalance events, recorded by the consumer's context and handled by the
+/// loop between two polls.
+#[derive(Debug)]
+enum Event {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+struct StageContext {
+    events: Mutex<Vec<Event>>,
+}
+
+impl ClientContext for StageContext {}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for StageContext {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            if let Ok(mut ev) = self.events.lock() {
+                ev.push(Event::Revoked(partitions(tpl)));
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            if let Ok(mut ev) = self.events.lock() {
+                ev.push(Event::Assigned(partitions(tpl)));
+            }
+        }
+    }
+}
+
+/// Counts failed deliveries (at-least-once: a failure voids the commit).
+#[derive(Default)]
+struct DeliveryContext {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut f) = self.first_error.lock() {
+                f.get_or_insert_with(|| format!("{} [{}]: {e}", m.topic(), m.partition()));
+            }
+        }
+    }
+}
+
+/// Runs a stage until shutdown, restarting it after external failures.
+pub fn run<L: Logic>(shared: &Shared, mut logic: L) -> Result<(), RuntimeError> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match attempt(shared, &mut logic) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if shared.stopping() {
+                    tracing::warn!(stage = logic.name(), error = %e, "failed while stopping");
+                    return Ok(());
+                }
+                if matches!(e, RuntimeError::Config(_) | RuntimeError::Stage(..)) {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    stage = logic.name(),
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "stage failed; restarting from the last commit"
+                );
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !shared.stopping() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+fn kafka(context: &str, e: KafkaError) -> RuntimeError {
+    RuntimeError::Kafka(ClientError::kafka(context.to_owned(), e))
+}
+
+/// One attempt: fresh clients, every partition restored on assignment.
+fn attempt<L: Logic>(shared: &Shared, logic: &mut L) -> Result<(), RuntimeError> {
+    let k = &shared.kafka;
+    let eos = k.exactly_once;
+    let consumer: BaseConsumer<StageContext> = consumer_config(k, logic.group_suffix())
+        .create_with_context(StageContext {
+            events: Mutex::new(Vec::new()),
+        })
+        .map_err(|e| kafka("create consumer", e))?;
+    let txn_id = eos.then(|| format!("{}.{}.{}", k.group_id, logic.name(), instance_id()));
+    let producer: ThreadedProducer<DeliveryContext> = producer_config(k, txn_id)
+        .create_with_context(DeliveryContext::default())
+        .map_err(|e| kafka("create producer", e))?;
+    if eos {
+        producer
+            .init_transactions(CALL_TIMEOUT)
+            .map_err(|e| kafka("init transactions", e))?;
+    }
+    let topics = logic.topics(shared);
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&refs)
+        .map_err(|e| kafka("subscribe", e))?;
+    let mut s = LoopState {
+        owned: BTreeMap::new(),
+        next: BTreeMap::new(),
+        in_txn: false,
+        reads: 0,
+        last_commit: Instant::now(),
+        last_idle: Instant::now(),
+        expected: BTreeMap::new(),
+        gaps: BTreeMap::new(),
+    };
+    let result = drive(shared, logic, &consumer, &producer, &mut s);
+    if result.is_err() {
+        if s.in_txn {
+            let _ = producer.abort_transaction(Duration::from_secs(10));
+        }
+        // Forget everything: the next attempt restores from Kafka.
+        for (t, p) in std::mem::take(&mut s.owned).into_keys() {
+            logic.revoke(&t, p);
+        }
+    } else {
+        for (t, p) in std::mem::take(&mut s.owned).into_keys() {
+            logic.revoke(&t, p);
+        }
+    }
+    consumer.unsubscribe();
+    result
+}
+
+struct LoopState {
+    /// Partitions owned, with their committed offset at assignment.
+    owned: BTreeMap<(String, i32), Option<i64>>,
+    /// Next offset to commit, per partition read since the last commit.
+    next: BTreeMap<(String, i32), i64>,
+    in_txn: bool,
+    reads: usize,
+    last_commit: Instant,
+    last_idle: Instant,
+    /// Next offset expected per owned partition (see [`in_sequence`]).
+    expected: BTreeMap<(String, i32), i64>,
+    /// The last gap re-read per partition: (expected, delivered).
+    gaps: BTreeMap<(String, i32), (i64, i64)>,
+}
+
+fn drive<L: Logic>(
+    shared: &Shared,
+    logic: &mut L,
+    consumer: &BaseConsumer<StageContext>,
+    producer: &ThreadedProducer<DeliveryContext>,
+    s: &mut LoopState,
+) -> Result<(), RuntimeError> {
+    let k = &shared.kafka;
+    let eos = k.exactly_once;
+    let interval = Duration::from_millis(k.commit_interval_ms);
+    let mut out: Vec<OutRecord> = Vec::new();
+    loop {
+        if shared.stopping() {
+            commit(shared, logic, consumer, producer, s)?;
+            return Ok(());
+        }
+        let polled = consumer.poll(POLL);
+        handle_events(shared, logic, consumer, producer, s)?;
+        match polled {
+            None if s.last_idle.elapsed() >= IDLE_CHECK => {
+                s.last_idle = Instant::now();
+                let owned = &s.owned;
+                let mut check = |t: &str, p: i32| caught_up(consumer, owned, t, p);
+                logic.idle(shared, &mut check, &mut out);
+                if !out.is_empty() {
+                    if eos && !s.in_txn {
+                        producer
+                            .begin_transaction()
+                            .map_err(|e| kafka("begin transaction", e))?;
+                        s.in_txn = true;
+                    }
+                    for o in out.drain(..) {
+                        send(shared, producer, o)?;
+                    }
+                }
+            }
+            None => {}
+            Some(Err(e)) => {
+                if is_fatal(&e) {
+                    return Err(kafka("consume", e));
+                }
+                tracing::warn!(stage = logic.name(), error = %e, "consumer error");
+            }
+            Some(Ok(m)) => {
+                let key = (m.topic().to_owned(), m.partition());
+                if s.owned.contains_key(&key) && in_sequence(shared, logic, consumer, s, &key, &m)?
+                {
+                    if eos && !s.in_txn {
+                        producer
+                            .begin_transaction()
+                            .map_err(|e| kafka("begin transaction", e))?;
+                        s.in_txn = true;
+                    }
+                    let rec = InRecord::of(&m);
+                    logic.process(shared, &rec, &mut out)?;
+                    for o in out.drain(..) {
+                        send(shared, producer, o)?;
+                    }
+                    s.next.insert(key, m.offset() + 1);
+                    s.reads += 1;
+                    shared.metrics.progress.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if (!s.next.is_empty() || s.in_txn)
+            && (s.last_commit.elapsed() >= interval || s.reads >= k.max_in_flight_records)
+        {
+            commit(shared, logic, consumer, producer, s)?;
+        }
+    }
+}
+
+/// Whether `m` is the next record of its partition, so that no record is
+/// skipped or processed twice within one assignment, whatever the broker
+/// delivers:
+///
+/// * an offset below the expected one was processed already: skipped;
+/// * an offset above it is a *gap*. Gaps are legitimate (transaction markers,
+///   compaction, deleted records) but a broker may also deliver a later batch
+///   too early (seen with tansu under concurrent appends). The first time a
+///   given gap is seen, the partition is re-read from the expected offset
+///   and `m` is not processed; if the broker then delivers the same gap
+///   again, it is real and `m` is processed.
+fn in_sequence<L: Logic>(
+    shared: &Shared,
+    logic: &L,
+    consumer: &BaseConsumer<StageContext>,
+    s: &mut LoopState,
+    key: &(String, i32),
+    m: &BorrowedMessage<'_>,
+) -> Result<bool, RuntimeError> {
+    let offset = m.offset();
+    if let Some(&expected) = s.expected.get(key) {
+        if offset < expected {
+            return Ok(false);
+        }
+        if offset > expected && s.gaps.get(key) != Some(&(expected, offset)) {
+            s.gaps.insert(key.clone(), (expected, offset));
+            shared.metrics.refetches.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                stage = logic.name(),
+                topic = key.0,
+                partition = key.1,
+                expected,
+                delivered = offset,
+                "offset gap: re-reading from the expected offset"
+            );
+            consumer
+                .seek(&key.0, key.1, Offset::Offset(expected), CALL_TIMEOUT)
+                .map_err(|e| kafka("seek", e))?;
+            return Ok(false);
+        }
+    }
+    s.expected.insert(key.clone(), offset + 1);
+    Ok(true)
+}
+
+/// Whether `topic`/`partition` (owned) has been read to its end: the
+/// consumer's position (or the committed offset, or the log start, before the
+/// first record) is at the broker's high watermark. Any error: no.
+fn caught_up(
+    consumer: &BaseConsumer<StageContext>,
+    owned: &BTreeMap<(String, i32), Option<i64>>,
+    topic: &str,
+    partition: i32,
+) -> bool {
+    let Some(committed) = owned.get(&(topic.to_owned(), partition)) else {
+        return false;
+    };
+    let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))
+    else {
+        return false;
+    };
+    let position = consumer
+        .position()
+        .ok()
+        .and_then(|tpl| {
+            tpl.find_partition(topic, partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+        })
+        .or(*committed)
+        .unwrap_or(low);
+    position >= high
+}
+
+/// Fatal consumer errors end the attempt; others are logged (librdkafka
+/// retries them itself).
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::Fenced)
+    )
+}
+
+fn handle_events<L: Logic>(
+    shared: &Shared,
+    logic: &mut L,
+    consumer: &BaseConsumer<StageContext>,
+    producer: &ThreadedProducer<DeliveryContext>,
+    s: &mut LoopState,
+) -> Result<(), RuntimeError> {
+    let events: Vec<Event> = match consumer.context().events.lock() {
+        Ok(mut ev) => std::mem::take(&mut *ev),
+        Err(_) => return Err(RuntimeError::Stage(logic.name(), "poisoned lock".into())),
+    };
+    for ev in events {
+        match ev {
+            Event::Revoked(parts) => {
+                tracing::info!(stage = logic.name(), partitions = ?parts, "partitions revoked");
+                for (t, p) in &parts {
+                    s.owned.remove(&(t.clone(), *p));
+                    s.next.remove(&(t.clone(), *p));
+                    s.expected.remove(&(t.clone(), *p));
+                    s.gaps.remove(&(t.clone(), *p));
+                    logic.revoke(t, *p);
+                }
+                if s.in_txn {
+                    // Never commit a transaction holding offsets of a
+                    // partition given up: abort and redo the rest.
+                    rewind(shared, logic, consumer, producer, s)?;
+                }
+            }
+            Event::Assigned(parts) => {
+                let mut tpl = TopicPartitionList::new();
+                for (t, p) in &parts {
+                    tpl.add_partition(t, *p);
+                }
+                let committed = consumer
+                    .committed_offsets(tpl, CALL_TIMEOUT)
+                    .map_err(|e| kafka("read committed offsets", e))?;
+                for e in committed.elements() {
+                    let c = match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    };
+                    logic.assign(shared, e.topic(), e.partition(), c)?;
+                    let key = (e.topic().to_owned(), e.partition());
+                    s.gaps.remove(&key);
+                    match c {
+                        Some(o) => s.expected.insert(key.clone(), o),
+                        None => s.expected.remove(&key),
+                    };
+                    s.owned.insert(key, c);
+                }
+                tracing::info!(stage = logic.name(), partitions = ?parts, "partitions assigned");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Aborts the open transaction and rewinds every owned partition to its last
+/// commit, rebuilding its state.
+fn rewind<L: Logic>(
+    shared: &Shared,
+    logic: &mut L,
+    consumer: &BaseConsumer<StageContext>,
+    producer: &ThreadedProducer<DeliveryContext>,
+    s: &mut LoopState,
+) -> Result<(), RuntimeError> {
+    shared.metrics.rewinds.fetch_add(1, Ordering::Relaxed);
+    producer
+        .abort_transaction(CALL_TIMEOUT)
+        .map_err(|e| kafka("abort transaction", e))?;
+    s.in_txn = false;
+    s.next.clear();
+    s.reads = 0;
+    let owned: Vec<(String, i32)> = s.owned.keys().cloned().collect();
+    if owned.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in &owned {
+        tpl.add_partition(t, *p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, CALL_TIMEOUT)
+        .map_err(|e| kafka("read committed offsets", e))?;
+    let mut seek = TopicPartitionList::new();
+    for e in committed.elements() {
+        let c = match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        };
+        logic.revoke(e.topic(), e.partition());
+        logic.assign(shared, e.topic(), e.partition(), c)?;
+        let key = (e.topic().to_owned(), e.partition());
+        s.gaps.remove(&key);
+        match c {
+            Some(o) => s.expected.insert(key.clone(), o),
+            None => s.expected.remove(&key),
+        };
+        s.owned.insert(key, c);
+        seek.add_partition_offset(
+            e.topic(),
+            e.partition(),
+            c.map_or(Offset::Beginning, Offset::Offset),
+        )
+        .map_err(|e| kafka("seek", e))?;
+    }
+    consumer
+        .seek_partitions(seek, CALL_TIMEOUT)
+        .map_err(|e| kafka("seek", e))?;
+    tracing::info!(
+        stage = logic.name(),
+        "transaction aborted; rewound to the last commit"
+    );
+    Ok(())
+}
+
+/// Sends one record, waiting while the producer queue is full.
+fn send(
+    shared: &Shared,
+    producer: &ThreadedProducer<DeliveryContext>,
+    o: OutRecord,
+) -> Result<(), RuntimeError> {
+    let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+    for (k, v) in &o.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_slice()),
+        });
+    }
+    let mut rec = BaseRecord::to(&o.topic)
+        .key(o.key.as_slice())
+        .payload(o.value.as_slice())
+        .headers(headers);
+    if let Some(p) = o.partition {
+        rec = rec.partition(p);
+    }
+    if let Some(t) = o.timestamp_ms {
+        rec = rec.timestamp(t);
+    }
+    let mut waited = Duration::ZERO;
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                // Backpressure: the broker is slower than we are.
+                rec = r;
+                std::thread::sleep(Duration::from_millis(2));
+                waited += Duration::from_millis(2);
+                if waited >= CALL_TIMEOUT && shared.stopping() {
+                    return Err(kafka(
+                        "produce",
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    ));
+                }
+            }
+            Err((e, _)) => return Err(kafka("produce", e)),
+        }
+    }
+}
+
+fn commit<L: Logic>(
+    shared: &Shared,
+    logic: &mut L,
+    consumer: &BaseConsumer<StageContext>,
+    producer: &ThreadedProducer<DeliveryContext>,
+    s: &mut LoopState,
+) -> Result<(), RuntimeError> {
+    s.last_commit = Instant::now();
+    if s.next.is_empty() && !s.in_txn {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in &s.next {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+            .map_err(|e| kafka("commit", e))?;
+    }
+    if shared.kafka.exactly_once {
+        logic.checkpoint(shared)?;
+        let meta = consumer
+            .group_metadata()
+            .ok_or_else(|| RuntimeError::Stage(logic.name(), "no group metadata".into()))?;
+        if tpl.count() > 0 {
+            producer
+                .send_offsets_to_transaction(&tpl, &meta, CALL_TIMEOUT)
+                .map_err(|e| kafka("send offsets to transaction", e))?;
+        }
+        producer
+            .commit_transaction(CALL_TIMEOUT)
+            .map_err(|e| kafka("commit transaction", e))?;
+        s.in_txn = false;
+    } else {
+        producer
+            .flush(CALL_TIMEOUT)
+            .map_err(|e| kafka("flush producer", e))?;
+        let ctx = producer.context();
+        if ctx.failed.swap(0, Ordering::Relaxed) > 0 {
+            let first = ctx
+                .first_error
+                .lock()
+                .ok()
+                .and_then(|mut f| f.take())
+                .unwrap_or_default();
+            return Err(RuntimeError::Kafka(ClientError::Delivery(first)));
+        }
+        logic.checkpoint(shared)?;
+        consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| kafka("commit offsets", e))?;
+    }
+    s.next.clear();
+    s.reads = 0;
+    shared.metrics.commits.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// This process's instance id for transactional ids: `HOSTNAME` (the pod
+/// name on Kubernetes, stable across restarts of a StatefulSet pod) or the
+/// process id.
+pub fn instance_id() -> String {
+    std::env::var("SMSVOICE_INSTANCE_ID")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| std::process::id().to_string())
+}
