@@ -793,3 +793,27 @@ fn mock_cluster_exactly_once_two_instances() {
     );
     assert_eq!(optout_table(&bootstrap), g.truth.optouts);
 }
+
+/// The README's `[kafka]` example is a valid configuration, and says what
+/// the parser understands.
+#[test]
+fn readme_kafka_example_parses() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let from = readme
+        .find("id=\"kafka-section\"")
+        .expect("kafka section anchor");
+    let block = readme[from..]
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a toml block after the anchor");
+    let cfg = Config::from_toml(&format!("{EMBEDDED_DEFAULT}\n{block}"), "README")
+        .unwrap_or_else(|e| panic!("README [kafka] example: {e}\n{block}"));
+    let k = cfg.kafka.expect("[kafka] present");
+    assert_eq!(k.input_topics.all(), ["sms-voice-events", "sms-inbound"]);
+    assert_eq!(
+        k.properties.get("security.protocol").map(String::as_str),
+        Some("SASL_SSL")
+    );
+}
