@@ -1,0 +1,174 @@
+//! End-to-end throughput of `smsvoice run` (one instance, in process: the
+//! router, message, opt-out and totals stages and the replica) through a
+//! real broker, next to a bare rdkafka consumer reading the same input topic
+//! in the same run.
+//!
+//! ```sh
+//! bash scripts/install-tansu.sh          # once, ~10 minutes
+//! cargo bench --bench end_to_end         # E2E_MESSAGES=50000 by default (~110k records)
+//! ```
+//!
+//! The input (generated records, every envelope, events of one message on
+//! different partitions) is produced first to a 4-partition topic on tansu.
+//! Then: the bare consumer reads it (median of 3); then one `smsvoice`
+//! instance processes it with and without the Parquet archive (local
+//! directory). The smsvoice figure is input records divided by the time from
+//! the first input record read to the last record processed by any stage,
+//! so every stage's work is inside it (group joins before the first record
+//! are not). Without tansu it says how to install it and exits successfully.
+
+#[path = "../tests/support/kafka.rs"]
+mod kafka_support;
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use smsvoice::config::{Config, EMBEDDED_DEFAULT};
+use smsvoice::generate::{generate, Workload};
+use smsvoice::kafka::{consumer_config, ensure_topics, KafkaConfig, TopicSpec};
+use smsvoice::runtime::{Instance, Metrics};
+
+const INPUT: &str = "bench.input";
+const PARTITIONS: i32 = 4;
+
+fn main() {
+    if !kafka_support::tansu_available() {
+        println!(
+            "end_to_end: skipped, tansu not found at {} (run `bash scripts/install-tansu.sh` or set TANSU_BIN)",
+            kafka_support::tansu_bin().display()
+        );
+        return;
+    }
+    let messages: usize = std::env::var("E2E_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let g = generate(&Workload {
+        messages,
+        ..Workload::default()
+    });
+    let n = g.records.len();
+    let tansu = kafka_support::Tansu::start();
+    let bootstrap = tansu.bootstrap.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let spec = TopicSpec {
+        name: INPUT.into(),
+        partitions: PARTITIONS,
+        compacted: false,
+        retain_forever: true,
+    };
+    rt.block_on(ensure_topics(&KafkaConfig::new(bootstrap.clone()), &[spec]))
+        .unwrap_or_else(|e| panic!("ensure_topics: {e}"));
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
+        g.records.iter().map(|r| (None, r.clone())).collect();
+    kafka_support::produce_all(&bootstrap, INPUT, PARTITIONS, &records);
+    println!("end_to_end: {n} records ({messages} messages), {PARTITIONS} partitions, tansu memory storage, 1 instance");
+
+    let mut bare: Vec<f64> = (0..3).map(|_| bare_consume(&bootstrap, n)).collect();
+    bare.sort_by(f64::total_cmp);
+    let bare_rate = n as f64 / bare[1];
+    println!("bare rdkafka consumer:             {bare_rate:>9.0} records/s (median of 3)");
+
+    for (label, archive) in [
+        ("smsvoice run, no archive:", false),
+        ("smsvoice run, Parquet archive:", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let group = if archive {
+            "bench-archive"
+        } else {
+            "bench-plain"
+        };
+        let archive_section = if archive {
+            format!(
+                "[archive]\nuri = {:?}\n",
+                dir.path().join("archive").display().to_string()
+            )
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "{EMBEDDED_DEFAULT}\n{archive_section}\n[kafka]\nbootstrap_servers = {bootstrap:?}\n\
+             group_id = {group:?}\ninternal_prefix = \"{group}.internal.\"\npartitions = {PARTITIONS}\n\
+             commit_interval_ms = 1000\n\n[kafka.output_topics]\n\
+             enriched_events = \"{group}.enriched-events\"\nenriched_inbound = \"{group}.enriched-inbound\"\n\
+             optout_changelog = \"{group}.optout-changelog\"\nspend = \"{group}.spend\"\n\
+             alarms = \"{group}.alarms\"\nreplies = \"{group}.replies\"\ndead_letters = \"{group}.dead-letters\"\n\n\
+             [kafka.input_topics]\nevents = [{INPUT:?}]\ninbound = [{INPUT:?}]\n"
+        );
+        let cfg = Config::from_toml(&text, "bench").unwrap_or_else(|e| panic!("config: {e}"));
+        let instance = Instance::start(cfg, None).unwrap_or_else(|e| panic!("start: {e}"));
+        let m = instance.shared().metrics.clone();
+        let secs = measure(&m, n as u64);
+        instance
+            .stop(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("stop: {e}"));
+        let rate = n as f64 / secs;
+        println!(
+            "{label:<34} {rate:>9.0} records/s ({secs:.2} s; {:.2} of the bare consumer; {} forwarded events, {} partials, {} refetches)",
+            rate / bare_rate,
+            Metrics::get(&m.events),
+            Metrics::get(&m.partials),
+            Metrics::get(&m.refetches)
+        );
+    }
+}
+
+/// Seconds from the first input record read to the last record processed,
+/// once every input record was read and nothing moved for 3 s.
+fn measure(m: &Metrics, total: u64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut first: Option<Instant> = None;
+    let mut last_change = Instant::now();
+    let mut last = Metrics::get(&m.progress);
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Metrics::get(&m.progress);
+        if first.is_none() && Metrics::get(&m.router_records) > 0 {
+            first = Some(Instant::now());
+        }
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+        if Metrics::get(&m.router_records) >= total
+            && last_change.elapsed() > Duration::from_secs(3)
+        {
+            let start = first.unwrap_or(last_change);
+            return last_change.duration_since(start).as_secs_f64();
+        }
+        assert!(Instant::now() < deadline, "no end after 900 s");
+    }
+}
+
+/// Reads the input topic from the beginning until `want` records arrived.
+fn bare_consume(bootstrap: &str, want: usize) -> f64 {
+    let cfg = consumer_config(&KafkaConfig::new(bootstrap), "bare");
+    let c: BaseConsumer = cfg.create().unwrap_or_else(|e| panic!("consumer: {e}"));
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(INPUT, p, Offset::Beginning)
+            .unwrap_or_else(|e| panic!("assign: {e}"));
+    }
+    let start = Instant::now();
+    c.assign(&tpl).unwrap_or_else(|e| panic!("assign: {e}"));
+    let mut n = 0usize;
+    let mut sink = 0usize;
+    while n < want {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                n += 1;
+                sink += m.payload_len();
+            }
+            Some(Err(e)) => panic!("consume: {e}"),
+            None => assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "{n} of {want} after 300 s"
+            ),
+        }
+    }
+    std::hint::black_box(sink);
+    start.elapsed().as_secs_f64()
+}
