@@ -8,12 +8,13 @@
 //! with `retention.ms=-1` for that reason.
 //!
 //! Outputs: the enriched event (key messageId), the partition's changed
-//! partial totals on `spend-partials` (key `month|channel|p`, partition
+//! partial totals on `spend-partials` (the latest value per key at each
+//! commit point: they are absolute; key `month|channel|p`, partition
 //! chosen by `month|channel` so one totals owner sees every partial of a
 //! key), dead letters. The archive's delivery-event files are cut by this
 //! partition and offset.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -36,6 +37,9 @@ pub struct MessageStage {
     enriched_topic: String,
     dead_topic: String,
     owners: HashMap<i32, MessageOwner>,
+    /// The latest partial per (owner partition, `month|channel|p`) since the
+    /// last commit point: partials are absolute, so only the last matters.
+    pending: BTreeMap<(i32, String), OutRecord>,
     out: OwnerOutputs,
     archive: Option<ArchiveWriter>,
 }
@@ -53,6 +57,7 @@ impl MessageStage {
             enriched_topic: shared.kafka.output_topics.enriched_events.clone(),
             dead_topic: shared.kafka.output_topics.dead_letters.clone(),
             owners: HashMap::new(),
+            pending: BTreeMap::new(),
             out: OwnerOutputs::default(),
             archive: shared
                 .store
@@ -115,6 +120,7 @@ impl Logic for MessageStage {
 
     fn revoke(&mut self, _: &str, partition: i32) {
         self.owners.remove(&partition);
+        self.pending.retain(|(p, _), _| *p != partition);
         if let Some(a) = self.archive.as_mut() {
             a.discard_source(&SourceKey {
                 source: self.topic_arc.clone(),
@@ -156,12 +162,13 @@ impl Logic for MessageStage {
             }
         }
         for p in &self.out.partials {
-            let mut o = OutRecord::json(&self.partials_topic, p.key(), p);
+            let key = p.key();
+            let mut o = OutRecord::json(&self.partials_topic, key.as_bytes(), p);
             o.partition = Some(partition_of(
                 &format!("{}|{}", p.month, p.channel),
                 self.partials_partitions,
             ));
-            out.push(o);
+            self.pending.insert((rec.partition, key), o);
         }
         for d in &self.out.dead_letters {
             m.dead_letters.fetch_add(1, Ordering::Relaxed);
@@ -176,5 +183,9 @@ impl Logic for MessageStage {
 
     fn checkpoint(&mut self, shared: &Shared) -> Result<(), RuntimeError> {
         super::router::checkpoint(shared, self.archive.as_mut())
+    }
+
+    fn before_commit(&mut self, _: &Shared, out: &mut Vec<OutRecord>) {
+        out.extend(std::mem::take(&mut self.pending).into_values());
     }
 }

@@ -107,6 +107,10 @@ pub trait Logic {
     ) -> Result<(), RuntimeError>;
     /// Makes the archive rows of everything processed durable.
     fn checkpoint(&mut self, shared: &Shared) -> Result<(), RuntimeError>;
+    /// Called at each commit point before anything is flushed or committed:
+    /// outputs the stage coalesces between commits (e.g. the latest partial
+    /// totals) are pushed onto `out`. Default: nothing.
+    fn before_commit(&mut self, _shared: &Shared, _out: &mut Vec<OutRecord>) {}
     /// Called when the consumer has had nothing to hand out, at most once per
     /// [`IDLE_CHECK`]; `caught_up(topic, partition)` tells whether an owned
     /// partition has been read to its end (one broker round trip). Pushes
@@ -611,6 +615,11 @@ fn commit<L: Logic>(
     s.last_commit = Instant::now();
     if s.next.is_empty() && !s.in_txn {
         return Ok(());
+    }
+    let mut coalesced = Vec::new();
+    logic.before_commit(shared, &mut coalesced);
+    for o in coalesced {
+        send(shared, producer, o)?;
     }
     let mut tpl = TopicPartitionList::new();
     for ((t, p), o) in &s.next {
