@@ -272,6 +272,21 @@ fn workload(messages: usize) -> Workload {
     }
 }
 
+/// The mock cluster process with the input and every topic of the runtime
+/// created (it has no CreateTopics).
+fn mock_cluster() -> support::kafka::MockClusterProcess {
+    let mut topics: Vec<String> = all_topics(&KafkaConfig {
+        partitions: INPUT_PARTITIONS,
+        ..KafkaConfig::new("unused")
+    })
+    .iter()
+    .map(|t| format!("{}:{}", t.name, t.partitions))
+    .collect();
+    topics.push(format!("{INPUT}:{INPUT_PARTITIONS}"));
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    support::kafka::MockClusterProcess::start(1, &refs)
+}
+
 /// Against librdkafka's mock cluster in its own process (`smsvoice
 /// mock-cluster`): a Kafka-protocol broker whose fetch returns the batch
 /// holding the requested offset, as Kafka does. Topics are created up front
@@ -279,17 +294,7 @@ fn workload(messages: usize) -> Workload {
 /// workload (lz4-compressed).
 #[test]
 fn mock_cluster_two_instances_sigkill_and_restore() {
-    let kafka = KafkaConfig::new("unused");
-    let mut topics: Vec<String> = all_topics(&KafkaConfig {
-        partitions: INPUT_PARTITIONS,
-        ..kafka
-    })
-    .iter()
-    .map(|t| format!("{}:{}", t.name, t.partitions))
-    .collect();
-    topics.push(format!("{INPUT}:{INPUT_PARTITIONS}"));
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let broker = support::kafka::MockClusterProcess::start(1, &refs);
+    let broker = mock_cluster();
     two_instances_sigkill_and_restore(&broker.bootstrap, 24_000);
 }
 
@@ -697,17 +702,7 @@ fn demo_command_matches_the_generators_truth() {
 #[test]
 fn mock_cluster_exactly_once_two_instances() {
     support::s3_server::init_test_env();
-    let kafka = KafkaConfig::new("unused");
-    let mut topics: Vec<String> = all_topics(&KafkaConfig {
-        partitions: INPUT_PARTITIONS,
-        ..kafka
-    })
-    .iter()
-    .map(|t| format!("{}:{}", t.name, t.partitions))
-    .collect();
-    topics.push(format!("{INPUT}:{INPUT_PARTITIONS}"));
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let broker = support::kafka::MockClusterProcess::start(1, &refs);
+    let broker = mock_cluster();
     let bootstrap = broker.bootstrap.clone();
     let dir = tempfile::tempdir().expect("tempdir");
     let archive = dir.path().join("archive");

@@ -442,15 +442,7 @@ impl ArchiveWriter {
         e: &EnrichedEvent,
         processed_at_ms: i64,
     ) -> Result<(), ArchiveError> {
-        let file = FileKey::new(
-            Table::DeliveryEvents,
-            e.event.event_timestamp,
-            Some(e.event.channel),
-        );
-        self.append_row(file, &e.provenance, |r| match r {
-            Rows::Events(b) => b.append(e, processed_at_ms),
-            _ => 0,
-        })
+        self.append_event_at(e, &e.provenance, processed_at_ms)
     }
 
     /// [`ArchiveWriter::append_event`], with the file cut by the position
@@ -499,9 +491,10 @@ impl ArchiveWriter {
         d: &DeadLetter,
         at: &Provenance,
         record_timestamp_ms: Option<i64>,
+        fallback_date_ms: i64,
         processed_at_ms: i64,
     ) -> Result<(), ArchiveError> {
-        let date = record_timestamp_ms.unwrap_or(0);
+        let date = record_timestamp_ms.unwrap_or(fallback_date_ms);
         let file = FileKey::new(Table::DeadLetters, date, None);
         self.append_row(file, at, |r| match r {
             Rows::DeadLetters(b) => b.append(d, record_timestamp_ms, processed_at_ms),
@@ -524,12 +517,7 @@ impl ArchiveWriter {
         fallback_date_ms: i64,
         processed_at_ms: i64,
     ) -> Result<(), ArchiveError> {
-        let date = m.message.received_at.unwrap_or(fallback_date_ms);
-        let file = FileKey::new(Table::InboundMessages, date, None);
-        self.append_row(file, &m.provenance, |r| match r {
-            Rows::Inbound(b) => b.append(m, processed_at_ms),
-            _ => 0,
-        })
+        self.append_inbound_at(m, &m.provenance, fallback_date_ms, processed_at_ms)
     }
 
     /// Appends a dead letter, partitioned by the UTC date of the record
@@ -541,12 +529,13 @@ impl ArchiveWriter {
         fallback_date_ms: i64,
         processed_at_ms: i64,
     ) -> Result<(), ArchiveError> {
-        let date = record_timestamp_ms.unwrap_or(fallback_date_ms);
-        let file = FileKey::new(Table::DeadLetters, date, None);
-        self.append_row(file, &d.provenance, |r| match r {
-            Rows::DeadLetters(b) => b.append(d, record_timestamp_ms, processed_at_ms),
-            _ => 0,
-        })
+        self.append_dead_letter_at(
+            d,
+            &d.provenance,
+            record_timestamp_ms,
+            fallback_date_ms,
+            processed_at_ms,
+        )
     }
 
     /// Appends everything the core produced for one record `src`.

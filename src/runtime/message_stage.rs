@@ -24,8 +24,10 @@ use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
 use crate::archive::writer::{now_ms, ArchiveWriter, SourceKey};
 use crate::kafka::admin::{EVENTS_BY_MESSAGE, SPEND_PARTIALS};
-use crate::model::Provenance;
+use crate::model::{Channel, Provenance};
+use crate::spend::MonthKey;
 use crate::stages::message_owner::{MessageOwner, OwnerOutputs};
+use crate::stages::view::PartialTotal;
 use crate::stages::view::View;
 
 /// The message-owner stage.
@@ -37,9 +39,10 @@ pub struct MessageStage {
     enriched_topic: String,
     dead_topic: String,
     owners: HashMap<i32, MessageOwner>,
-    /// The latest partial per (owner partition, `month|channel|p`) since the
-    /// last commit point: partials are absolute, so only the last matters.
-    pending: BTreeMap<(i32, String), OutRecord>,
+    /// The latest partial per (owner partition, month, channel) since the
+    /// last commit point: partials are absolute, so only the last matters
+    /// and the record is built once, at the commit point.
+    pending: BTreeMap<(i32, MonthKey, Channel), PartialTotal>,
     out: OwnerOutputs,
     archive: Option<ArchiveWriter>,
 }
@@ -81,10 +84,6 @@ impl Logic for MessageStage {
         "messages"
     }
 
-    fn group_suffix(&self) -> &'static str {
-        "messages"
-    }
-
     fn topics(&self, _: &Shared) -> Vec<String> {
         vec![self.topic.clone()]
     }
@@ -120,7 +119,7 @@ impl Logic for MessageStage {
 
     fn revoke(&mut self, _: &str, partition: i32) {
         self.owners.remove(&partition);
-        self.pending.retain(|(p, _), _| *p != partition);
+        self.pending.retain(|(p, _, _), _| *p != partition);
         if let Some(a) = self.archive.as_mut() {
             a.discard_source(&SourceKey {
                 source: self.topic_arc.clone(),
@@ -162,19 +161,13 @@ impl Logic for MessageStage {
             }
         }
         for p in &self.out.partials {
-            let key = p.key();
-            let mut o = OutRecord::json(&self.partials_topic, key.as_bytes(), p);
-            o.partition = Some(partition_of(
-                &format!("{}|{}", p.month, p.channel),
-                self.partials_partitions,
-            ));
-            self.pending.insert((rec.partition, key), o);
+            self.pending.insert((p.partition, p.month, p.channel), *p);
         }
         for d in &self.out.dead_letters {
             m.dead_letters.fetch_add(1, Ordering::Relaxed);
             out.push(dead_letter(&self.dead_topic, d, rec.timestamp_ms));
             if let Some(a) = self.archive.as_mut() {
-                a.append_dead_letter_at(d, &at, rec.timestamp_ms, processed_at)
+                a.append_dead_letter_at(d, &at, rec.timestamp_ms, 0, processed_at)
                     .map_err(|e| RuntimeError::Archive(e.to_string()))?;
             }
         }
@@ -186,6 +179,13 @@ impl Logic for MessageStage {
     }
 
     fn before_commit(&mut self, _: &Shared, out: &mut Vec<OutRecord>) {
-        out.extend(std::mem::take(&mut self.pending).into_values());
+        for p in std::mem::take(&mut self.pending).into_values() {
+            let mut o = OutRecord::json(&self.partials_topic, p.key(), &p);
+            o.partition = Some(partition_of(
+                &format!("{}|{}", p.month, p.channel),
+                self.partials_partitions,
+            ));
+            out.push(o);
+        }
     }
 }

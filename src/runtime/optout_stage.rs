@@ -54,10 +54,6 @@ impl Logic for OptOutStage {
         "optouts"
     }
 
-    fn group_suffix(&self) -> &'static str {
-        "optouts"
-    }
-
     fn topics(&self, _: &Shared) -> Vec<String> {
         vec![self.topic.clone()]
     }
@@ -144,7 +140,7 @@ impl Logic for OptOutStage {
             m.dead_letters.fetch_add(1, Ordering::Relaxed);
             out.push(dead_letter(&k.dead_letters, d, rec.timestamp_ms));
             if let Some(a) = self.archive.as_mut() {
-                a.append_dead_letter_at(d, &at, rec.timestamp_ms, processed_at)
+                a.append_dead_letter_at(d, &at, rec.timestamp_ms, 0, processed_at)
                     .map_err(|e| RuntimeError::Archive(e.to_string()))?;
             }
         }

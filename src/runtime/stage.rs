@@ -83,8 +83,11 @@ impl<'a> InRecord<'a> {
 pub trait Logic {
     /// Stage name (logs, thread name).
     fn name(&self) -> &'static str;
-    /// Consumer group suffix (`""` for the group id itself).
-    fn group_suffix(&self) -> &'static str;
+    /// Consumer group suffix (`""` for the group id itself). Default: the
+    /// stage name.
+    fn group_suffix(&self) -> &'static str {
+        self.name()
+    }
     /// Topics consumed.
     fn topics(&self, shared: &Shared) -> Vec<String>;
     /// Takes ownership of a partition: rebuild its state from Kafka.
@@ -380,28 +383,32 @@ fn in_sequence<L: Logic>(
     m: &BorrowedMessage<'_>,
 ) -> Result<bool, RuntimeError> {
     let offset = m.offset();
-    if let Some(&expected) = s.expected.get(key) {
-        if offset < expected {
-            return Ok(false);
-        }
-        if offset > expected && s.gaps.get(key) != Some(&(expected, offset)) {
-            s.gaps.insert(key.clone(), (expected, offset));
-            shared.metrics.refetches.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
-                stage = logic.name(),
-                topic = key.0,
-                partition = key.1,
-                expected,
-                delivered = offset,
-                "offset gap: re-reading from the expected offset"
-            );
-            consumer
-                .seek(&key.0, key.1, Offset::Offset(expected), CALL_TIMEOUT)
-                .map_err(|e| kafka("seek", e))?;
-            return Ok(false);
-        }
+    let Some(&expected) = s.expected.get(key) else {
+        s.expected.insert(key.clone(), offset + 1);
+        return Ok(true);
+    };
+    if offset < expected {
+        return Ok(false);
     }
-    s.expected.insert(key.clone(), offset + 1);
+    if offset > expected && s.gaps.get(key) != Some(&(expected, offset)) {
+        s.gaps.insert(key.clone(), (expected, offset));
+        shared.metrics.refetches.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            stage = logic.name(),
+            topic = key.0,
+            partition = key.1,
+            expected,
+            delivered = offset,
+            "offset gap: re-reading from the expected offset"
+        );
+        consumer
+            .seek(&key.0, key.1, Offset::Offset(expected), CALL_TIMEOUT)
+            .map_err(|e| kafka("seek", e))?;
+        return Ok(false);
+    }
+    if let Some(e) = s.expected.get_mut(key) {
+        *e = offset + 1;
+    }
     Ok(true)
 }
 
@@ -474,31 +481,59 @@ fn handle_events<L: Logic>(
                 }
             }
             Event::Assigned(parts) => {
-                let mut tpl = TopicPartitionList::new();
-                for (t, p) in &parts {
-                    tpl.add_partition(t, *p);
-                }
-                let committed = consumer
-                    .committed_offsets(tpl, CALL_TIMEOUT)
-                    .map_err(|e| kafka("read committed offsets", e))?;
-                for e in committed.elements() {
-                    let c = match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    };
-                    logic.assign(shared, e.topic(), e.partition(), c)?;
-                    let key = (e.topic().to_owned(), e.partition());
-                    s.gaps.remove(&key);
-                    match c {
-                        Some(o) => s.expected.insert(key.clone(), o),
-                        None => s.expected.remove(&key),
-                    };
-                    s.owned.insert(key, c);
+                for (t, p, c) in committed_offsets(consumer, &parts)? {
+                    take(shared, logic, s, t, p, c)?;
                 }
                 tracing::info!(stage = logic.name(), partitions = ?parts, "partitions assigned");
             }
         }
     }
+    Ok(())
+}
+
+/// The committed offset of each of `parts` (`None`: nothing committed).
+fn committed_offsets(
+    consumer: &BaseConsumer<StageContext>,
+    parts: &[(String, i32)],
+) -> Result<Vec<(String, i32, Option<i64>)>, RuntimeError> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in parts {
+        tpl.add_partition(t, *p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, CALL_TIMEOUT)
+        .map_err(|e| kafka("read committed offsets", e))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let c = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            (e.topic().to_owned(), e.partition(), c)
+        })
+        .collect())
+}
+
+/// Takes ownership of a partition whose next offset is `committed`: the
+/// stage restores its state, the loop expects that offset next.
+fn take<L: Logic>(
+    shared: &Shared,
+    logic: &mut L,
+    s: &mut LoopState,
+    topic: String,
+    partition: i32,
+    committed: Option<i64>,
+) -> Result<(), RuntimeError> {
+    logic.assign(shared, &topic, partition, committed)?;
+    let key = (topic, partition);
+    s.gaps.remove(&key);
+    match committed {
+        Some(o) => s.expected.insert(key.clone(), o),
+        None => s.expected.remove(&key),
+    };
+    s.owned.insert(key, committed);
     Ok(())
 }
 
@@ -522,34 +557,12 @@ fn rewind<L: Logic>(
     if owned.is_empty() {
         return Ok(());
     }
-    let mut tpl = TopicPartitionList::new();
-    for (t, p) in &owned {
-        tpl.add_partition(t, *p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, CALL_TIMEOUT)
-        .map_err(|e| kafka("read committed offsets", e))?;
     let mut seek = TopicPartitionList::new();
-    for e in committed.elements() {
-        let c = match e.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        };
-        logic.revoke(e.topic(), e.partition());
-        logic.assign(shared, e.topic(), e.partition(), c)?;
-        let key = (e.topic().to_owned(), e.partition());
-        s.gaps.remove(&key);
-        match c {
-            Some(o) => s.expected.insert(key.clone(), o),
-            None => s.expected.remove(&key),
-        };
-        s.owned.insert(key, c);
-        seek.add_partition_offset(
-            e.topic(),
-            e.partition(),
-            c.map_or(Offset::Beginning, Offset::Offset),
-        )
-        .map_err(|e| kafka("seek", e))?;
+    for (t, p, c) in committed_offsets(consumer, &owned)? {
+        seek.add_partition_offset(&t, p, c.map_or(Offset::Beginning, Offset::Offset))
+            .map_err(|e| kafka("seek", e))?;
+        logic.revoke(&t, p);
+        take(shared, logic, s, t, p, c)?;
     }
     consumer
         .seek_partitions(seek, CALL_TIMEOUT)

@@ -62,10 +62,6 @@ impl Logic for TotalsStage {
         "totals"
     }
 
-    fn group_suffix(&self) -> &'static str {
-        "totals"
-    }
-
     fn topics(&self, _: &Shared) -> Vec<String> {
         vec![self.topic.clone()]
     }
