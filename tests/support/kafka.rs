@@ -1,7 +1,7 @@
 //! Kafka brokers for integration tests, as child processes on 127.0.0.1:
 //!
-//! * [`Tansu`]: the tansu broker (Kafka protocol, in-memory storage, no
-//!   transactions). Install it with `scripts/install-tansu.sh`; found through
+//! * [`Tansu`]: the tansu broker (Kafka protocol, in-memory storage by
+//!   default, no transactions). Install it with `scripts/install-tansu.sh`; found through
 //!   `TANSU_BIN` or `${SMSVOICE_TOOLS:-$HOME/.cache/smsvoice-tools}/tansu/bin/tansu`.
 //! * [`MockClusterProcess`]: `smsvoice mock-cluster` (librdkafka's mock
 //!   cluster; transaction calls accepted, but aborted records stay visible).
@@ -68,7 +68,27 @@ pub fn metadata_ok(bootstrap: &str, timeout: Duration) -> bool {
         .is_ok_and(|m| !m.brokers().is_empty())
 }
 
-/// A running tansu broker with in-memory storage; killed on drop.
+/// Tansu's storage engine: `SMSVOICE_TANSU_STORAGE` = `memory` (default) or
+/// `sqlite`: a sqlite file beside the broker log (tansu opens it relative to
+/// its working directory, which is the log's directory). The sqlite engine
+/// stores single records and fetches by record offset, but one query at a
+/// time: about 13k records/s produced or consumed here (`cargo bench --bench
+/// bare_consumer`), too slow for the runtime tests; it is there to check
+/// whether a loss seen with the memory engine is the broker's.
+fn storage_url(log: &std::path::Path) -> String {
+    match std::env::var("SMSVOICE_TANSU_STORAGE").as_deref() {
+        Ok("sqlite") => format!(
+            "sqlite://{}",
+            log.with_extension("db")
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+        _ => "memory://tansu/".to_owned(),
+    }
+}
+
+/// A running tansu broker; killed on drop.
 pub struct Tansu {
     /// `127.0.0.1:PORT`.
     pub bootstrap: String,
@@ -106,8 +126,9 @@ impl Tansu {
                     "--advertised-listener-url",
                     &url,
                 ])
-                .args(["--storage-engine", "memory://tansu/"])
+                .args(["--storage-engine", &storage_url(&log)])
                 .env("RUST_LOG", "warn")
+                .current_dir(std::env::temp_dir())
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
@@ -155,6 +176,9 @@ impl Drop for Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+        for ext in ["db", "db-wal", "db-shm"] {
+            let _ = std::fs::remove_file(self.log.with_extension(ext));
+        }
     }
 }
 
