@@ -829,7 +829,7 @@ mod tests {
         let high = batches.iter().map(|(_, last)| last + 1).max().unwrap_or(0);
         let mut expected = expected;
         let mut probe: Option<GapProbe> = None;
-        let mut step = |probe: &mut Option<GapProbe>, expected: i64| match probe.as_mut() {
+        let step = |probe: &mut Option<GapProbe>, expected: i64| match probe.as_mut() {
             Some(p) if p.expected == expected => p.next_step(),
             _ => {
                 let p = GapProbe::new(expected);
