@@ -1,8 +1,17 @@
-//! State restore of the message owners for 1M tracked messages: the CPU part.
+//! State restore of the message owners for 1M tracked messages.
 //!
 //! ```sh
 //! cargo bench --bench restore            # RESTORE_MESSAGES=1000000 by default
 //! ```
+//!
+//! Two measurements of the same partitions:
+//!
+//! 1. the CPU part, below;
+//! 2. the real restore path through a broker, when tansu is installed
+//!    (`RESTORE_BROKER=0` skips it): the partitions are produced to a fresh
+//!    tansu (memory engine) topic, then each is restored with
+//!    `runtime::restore::replay` (the reader a message stage uses when it
+//!    gains a partition) into a fresh `MessageOwner`, one after the other.
 //!
 //! A restoring message owner reads its `events-by-message` partition from
 //! offset 0 to the committed offset and feeds every record to
@@ -10,18 +19,24 @@
 //! partitions in memory exactly as the router does (generated records ->
 //! `stages::router::route` -> forwarded records -> partition by messageId
 //! hash, 4 partitions) and times the replay of all of them on one thread,
-//! as one stage thread restores its partitions one after the other. The
-//! Kafka read is not included: add the time to read the same number of
-//! records (the bare consumer bench gives 160-260k records/s on tansu).
+//! as one stage thread restores its partitions one after the other.
 
-use std::sync::Arc;
+#[path = "../tests/support/kafka.rs"]
+mod kafka_support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use smsvoice::config::{Config, EMBEDDED_DEFAULT};
 use smsvoice::decode::RecordSource;
 use smsvoice::generate::{generate, Workload};
 use smsvoice::model::Provenance;
+use smsvoice::kafka::{ensure_topics, KafkaConfig, TopicSpec};
 use smsvoice::runtime::records::partition_of;
+use smsvoice::runtime::restore::replay;
+use smsvoice::runtime::{Metrics, Shared};
 use smsvoice::stages::message_owner::{MessageOwner, OwnerOutputs};
 use smsvoice::stages::router::{route, Routed};
 use smsvoice::stages::view::View;
@@ -39,7 +54,8 @@ fn main() {
         messages,
         ..Workload::default()
     });
-    let mut parts: Vec<Vec<Vec<u8>>> = vec![Vec::new(); PARTITIONS as usize];
+    // Per partition: (messageId, forwarded record).
+    let mut parts: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); PARTITIONS as usize];
     let source: Arc<str> = Arc::from("sms-events");
     let mut routed = Vec::new();
     for (i, r) in g.records.iter().enumerate() {
@@ -52,7 +68,7 @@ fn main() {
         route(r, &src, &mut routed);
         for x in routed.drain(..) {
             if let Routed::Event { message_id, record } = x {
-                parts[partition_of(&message_id, PARTITIONS) as usize].push(record);
+                parts[partition_of(&message_id, PARTITIONS) as usize].push((message_id, record));
             }
         }
     }
@@ -69,7 +85,7 @@ fn main() {
     let start = Instant::now();
     for (p, records) in parts.iter().enumerate() {
         let mut owner = MessageOwner::new(&cfg.spend, p as i32);
-        for (o, r) in records.iter().enumerate() {
+        for (o, (_, r)) in records.iter().enumerate() {
             let at = Provenance {
                 source: topic.clone(),
                 partition: Some(p as i32),
@@ -84,6 +100,86 @@ fn main() {
     let secs = start.elapsed().as_secs_f64();
     println!(
         "replay through the ledger: {secs:.2} s, {:.0} records/s, {tracked} messages tracked at the end (the rest in closed months)",
+        forwarded as f64 / secs
+    );
+    if std::env::var("RESTORE_BROKER").as_deref() == Ok("0") {
+        return;
+    }
+    if !kafka_support::tansu_available() {
+        println!(
+            "restore through a broker: skipped, tansu not found at {} (run `bash scripts/install-tansu.sh` or set TANSU_BIN)",
+            kafka_support::tansu_bin().display()
+        );
+        return;
+    }
+    through_tansu(&cfg, &parts, forwarded);
+}
+
+/// Produces `parts` to tansu and times the runtime's restore of each.
+fn through_tansu(cfg: &Config, parts: &[Vec<(String, Vec<u8>)>], forwarded: usize) {
+    let tansu = kafka_support::Tansu::start();
+    let kafka = KafkaConfig::new(&tansu.bootstrap);
+    let topic = kafka.internal_topic(smsvoice::kafka::admin::EVENTS_BY_MESSAGE);
+    let io = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("tokio: {e}"));
+    io.block_on(ensure_topics(
+        &kafka,
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: PARTITIONS,
+            compacted: false,
+            retain_forever: true,
+        }],
+    ))
+    .unwrap_or_else(|e| panic!("create {topic}: {e}"));
+    let t = Instant::now();
+    kafka_support::produce_to(
+        &tansu.bootstrap,
+        &topic,
+        parts.iter().enumerate().flat_map(|(p, records)| {
+            records
+                .iter()
+                .map(move |(k, v)| (p as i32, Some(k.as_bytes()), v.as_slice()))
+        }),
+    );
+    println!(
+        "produced {forwarded} forwarded events to tansu in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let shared = Shared {
+        cfg: Arc::new(cfg.clone()),
+        kafka: Arc::new(kafka),
+        shutdown: Arc::new(AtomicBool::new(false)),
+        metrics: Arc::new(Metrics::default()),
+        view: Arc::new(RwLock::new(View::new(&cfg.optout))),
+        store: None,
+        io: io.handle().clone(),
+        partitions: Arc::new(BTreeMap::new()),
+    };
+    let view = View::new(&cfg.optout);
+    let at_topic: Arc<str> = Arc::from(topic.as_str());
+    let mut out = OwnerOutputs::default();
+    let mut tracked = 0usize;
+    let mut read = 0u64;
+    let start = Instant::now();
+    for (p, records) in parts.iter().enumerate() {
+        let mut owner = MessageOwner::new(&cfg.spend, p as i32);
+        read += replay(&shared, &topic, p as i32, Some(records.len() as i64), |rec| {
+            let at = Provenance {
+                source: at_topic.clone(),
+                partition: Some(rec.partition),
+                offset: rec.offset,
+                sub: 0,
+            };
+            owner.process(rec.value, &at, &view, &mut out);
+            out.clear();
+        })
+        .unwrap_or_else(|e| panic!("restore partition {p}: {e}"));
+        tracked += owner.ledger().tracked_messages();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(read as usize, forwarded, "records restored");
+    println!(
+        "restore through tansu (read + replay, {PARTITIONS} partitions one after the other): {secs:.2} s, {:.0} records/s, {tracked} messages tracked at the end",
         forwarded as f64 / secs
     );
 }

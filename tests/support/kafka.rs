@@ -262,16 +262,33 @@ pub fn produce_all(
     partitions: i32,
     records: &[(Option<Vec<u8>>, Vec<u8>)],
 ) {
+    let n = partitions.max(1) as usize;
+    produce_to(
+        bootstrap,
+        topic,
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| ((i % n) as i32, k.as_deref(), v.as_slice())),
+    );
+}
+
+/// Writes (partition, key, value) records to `topic` as [`produce_all`] does.
+pub fn produce_to<'a>(
+    bootstrap: &str,
+    topic: &str,
+    records: impl Iterator<Item = (i32, Option<&'a [u8]>, &'a [u8])>,
+) {
     let errors = Arc::new(AtomicUsize::new(0));
     let p: ThreadedProducer<CountErrors> = producer_config(&KafkaConfig::new(bootstrap), None)
         .create_with_context(CountErrors(errors.clone()))
         .unwrap_or_else(|e| panic!("producer: {e}"));
-    for (i, (key, value)) in records.iter().enumerate() {
+    for (partition, key, value) in records {
         let mut rec = BaseRecord::<[u8], [u8]>::to(topic)
-            .payload(value.as_slice())
-            .partition((i % partitions.max(1) as usize) as i32);
+            .payload(value)
+            .partition(partition);
         if let Some(k) = key {
-            rec = rec.key(k.as_slice());
+            rec = rec.key(k);
         }
         loop {
             match p.send(rec) {
@@ -289,7 +306,7 @@ pub fn produce_all(
             }
         }
     }
-    p.flush(Duration::from_secs(60))
+    p.flush(Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("flush {topic}: {e}"));
     let n = errors.load(Ordering::Relaxed);
     assert_eq!(n, 0, "{n} records to {topic} were not delivered");
