@@ -10,8 +10,8 @@
 //! 2. the real restore path through a broker, when tansu is installed
 //!    (`RESTORE_BROKER=0` skips it): the partitions are produced to a fresh
 //!    tansu (memory engine) topic, then each is restored with
-//!    `runtime::restore::replay` (the reader a message stage uses when it
-//!    gains a partition) into a fresh `MessageOwner`, one after the other.
+//!    `runtime::message_stage::restore_owner` (what a message stage does
+//!    when it gains a partition), one after the other.
 //!
 //! A restoring message owner reads its `events-by-message` partition from
 //! offset 0 to the committed offset and feeds every record to
@@ -32,10 +32,10 @@ use std::time::Instant;
 use smsvoice::config::{Config, EMBEDDED_DEFAULT};
 use smsvoice::decode::RecordSource;
 use smsvoice::generate::{generate, Workload};
-use smsvoice::model::Provenance;
 use smsvoice::kafka::{ensure_topics, KafkaConfig, TopicSpec};
+use smsvoice::model::Provenance;
+use smsvoice::runtime::message_stage::restore_owner;
 use smsvoice::runtime::records::partition_of;
-use smsvoice::runtime::restore::replay;
 use smsvoice::runtime::{Metrics, Shared};
 use smsvoice::stages::message_owner::{MessageOwner, OwnerOutputs};
 use smsvoice::stages::router::{route, Routed};
@@ -155,27 +155,15 @@ fn through_tansu(cfg: &Config, parts: &[Vec<(String, Vec<u8>)>], forwarded: usiz
         io: io.handle().clone(),
         partitions: Arc::new(BTreeMap::new()),
     };
-    let view = View::new(&cfg.optout);
     let at_topic: Arc<str> = Arc::from(topic.as_str());
-    let mut out = OwnerOutputs::default();
     let mut tracked = 0usize;
-    let mut read = 0u64;
     let start = Instant::now();
     for (p, records) in parts.iter().enumerate() {
-        let mut owner = MessageOwner::new(&cfg.spend, p as i32);
-        read += replay(&shared, &topic, p as i32, Some(records.len() as i64), |rec| {
-            let at = Provenance {
-                source: at_topic.clone(),
-                partition: Some(rec.partition),
-                offset: rec.offset,
-                sub: 0,
-            };
-            owner.process(rec.value, &at, &view, &mut out);
-            out.clear();
-        })
-        .unwrap_or_else(|e| panic!("restore partition {p}: {e}"));
+        let owner = restore_owner(&shared, &at_topic, p as i32, records.len() as i64)
+            .unwrap_or_else(|e| panic!("restore partition {p}: {e}"));
         tracked += owner.ledger().tracked_messages();
     }
+    let read = Metrics::get(&shared.metrics.restored_records);
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(read as usize, forwarded, "records restored");
     println!(

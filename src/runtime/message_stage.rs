@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::records::{dead_letter, partition_of, OutRecord};
-use super::restore::replay;
+use super::restore::replay_values;
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
 use crate::archive::writer::{now_ms, ArchiveWriter, SourceKey};
@@ -29,6 +29,26 @@ use crate::spend::MonthKey;
 use crate::stages::message_owner::{MessageOwner, OwnerOutputs};
 use crate::stages::view::PartialTotal;
 use crate::stages::view::View;
+
+/// Rebuilds the message owner of `topic` (events-by-message) `partition` by
+/// replaying the partition up to `until` (the committed offset). The
+/// replay's outputs are discarded: they were produced when the records were
+/// first processed.
+pub fn restore_owner(
+    shared: &Shared,
+    topic: &Arc<str>,
+    partition: i32,
+    until: i64,
+) -> Result<MessageOwner, RuntimeError> {
+    let mut owner = MessageOwner::new(&shared.cfg.spend, partition);
+    let view = View::new(&shared.cfg.optout);
+    let mut scratch = OwnerOutputs::default();
+    replay_values(shared, topic, partition, until, |value, at| {
+        owner.process(value, at, &view, &mut scratch);
+        scratch.clear();
+    })?;
+    Ok(owner)
+}
 
 /// The message-owner stage.
 pub struct MessageStage {
@@ -91,28 +111,15 @@ impl Logic for MessageStage {
     fn assign(
         &mut self,
         shared: &Shared,
-        topic: &str,
+        // The stage reads one topic: `self.topic_arc`.
+        _topic: &str,
         partition: i32,
         committed: Option<i64>,
     ) -> Result<(), RuntimeError> {
-        let mut owner = MessageOwner::new(&shared.cfg.spend, partition);
-        if let Some(until) = committed {
-            // Outputs of the replay are discarded: they were produced when
-            // the records were first processed.
-            let view = View::new(&shared.cfg.optout);
-            let mut scratch = OwnerOutputs::default();
-            let at_topic = self.topic_arc.clone();
-            replay(shared, topic, partition, Some(until), |rec| {
-                let at = Provenance {
-                    source: at_topic.clone(),
-                    partition: Some(rec.partition),
-                    offset: rec.offset,
-                    sub: 0,
-                };
-                owner.process(rec.value, &at, &view, &mut scratch);
-                scratch.clear();
-            })?;
-        }
+        let owner = match committed {
+            Some(until) => restore_owner(shared, &self.topic_arc, partition, until)?,
+            None => MessageOwner::new(&shared.cfg.spend, partition),
+        };
         self.owners.insert(partition, owner);
         Ok(())
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::records::{dead_letter, OutRecord};
-use super::restore::replay;
+use super::restore::replay_values;
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
 use crate::archive::writer::{now_ms, ArchiveWriter, SourceKey};
@@ -61,22 +61,18 @@ impl Logic for OptOutStage {
     fn assign(
         &mut self,
         shared: &Shared,
-        topic: &str,
+        // The stage reads one topic: `self.topic_arc`.
+        _topic: &str,
         partition: i32,
         committed: Option<i64>,
     ) -> Result<(), RuntimeError> {
         let mut owner = OptOutOwner::new(&shared.cfg.optout);
         if let Some(until) = committed {
+            // Outputs of the replay are discarded: they were produced when
+            // the records were first processed.
             let mut scratch = OptOutOutputs::default();
-            let at_topic = self.topic_arc.clone();
-            replay(shared, topic, partition, Some(until), |rec| {
-                let at = Provenance {
-                    source: at_topic.clone(),
-                    partition: Some(rec.partition),
-                    offset: rec.offset,
-                    sub: 0,
-                };
-                owner.process(rec.value, &at, &mut scratch);
+            replay_values(shared, &self.topic_arc, partition, until, |value, at| {
+                owner.process(value, at, &mut scratch);
                 scratch.clear();
             })?;
         }

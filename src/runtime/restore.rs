@@ -10,9 +10,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use std::sync::Arc;
+
 use super::stage::InRecord;
 use super::{RuntimeError, Shared};
 use crate::kafka::{consumer_config, ClientError};
+use crate::model::Provenance;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the reader may see no progress before it gives up (the attempt
@@ -21,6 +24,26 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn kafka(context: &str, e: rdkafka::error::KafkaError) -> RuntimeError {
     RuntimeError::Kafka(ClientError::kafka(context.to_owned(), e))
+}
+
+/// [`replay`] of `topic`/`partition` up to `until` calling `f` with each
+/// record's value and its position as the record's provenance.
+pub fn replay_values(
+    shared: &Shared,
+    topic: &Arc<str>,
+    partition: i32,
+    until: i64,
+    mut f: impl FnMut(&[u8], &Provenance),
+) -> Result<u64, RuntimeError> {
+    replay(shared, topic, partition, Some(until), |rec| {
+        let at = Provenance {
+            source: topic.clone(),
+            partition: Some(rec.partition),
+            offset: rec.offset,
+            sub: 0,
+        };
+        f(rec.value, &at);
+    })
 }
 
 /// Reads `topic`/`partition` from its first retained record up to `until`

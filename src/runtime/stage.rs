@@ -434,25 +434,18 @@ fn probe_gap<L: Logic>(
             Some(probe.from())
         }
     };
-    let Some(from) = from else {
-        tracing::debug!(
-            stage = logic.name(),
-            topic = key.0,
-            partition = key.1,
-            expected,
-            "offset gap confirmed"
-        );
-        return Ok(false);
-    };
-    shared.metrics.refetches.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(
         stage = logic.name(),
         topic = key.0,
         partition = key.1,
         expected,
-        from,
-        "offset gap: re-reading from before the expected offset"
+        from = ?from,
+        "offset gap (from: where the re-read starts; None: the gap is real)"
     );
+    let Some(from) = from else {
+        return Ok(false);
+    };
+    shared.metrics.refetches.fetch_add(1, Ordering::Relaxed);
     consumer
         .seek(&key.0, key.1, Offset::Offset(from), CALL_TIMEOUT)
         .map_err(|e| kafka("seek", e))?;
