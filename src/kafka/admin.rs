@@ -97,6 +97,8 @@ pub struct EnsureReport {
     pub compaction_ignored: Vec<String>,
     /// Topics that existed already, with their partition count.
     pub existing: BTreeMap<String, i32>,
+    /// Every topic of the cluster at the start, with its partition count.
+    pub present: BTreeMap<String, i32>,
 }
 
 type Admin = AdminClient<DefaultClientContext>;
@@ -124,6 +126,7 @@ pub async fn ensure_topics(
     })
     .await?;
     let mut missing = Vec::new();
+    report.present = present.clone();
     for s in specs {
         match present.get(&s.name) {
             Some(&n) => {

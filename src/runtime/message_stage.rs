@@ -30,6 +30,20 @@ use crate::stages::message_owner::{MessageOwner, OwnerOutputs};
 use crate::stages::view::PartialTotal;
 use crate::stages::view::View;
 
+/// An empty message owner of `partition` that expects events from every
+/// partition of the delivery-event input topics known at start, so that its
+/// spend watermark cannot pass a partition not yet read (see
+/// [`crate::spend::SpendLedger::expect_sources`]).
+pub fn new_owner(shared: &Shared, partition: i32) -> MessageOwner {
+    let mut owner = MessageOwner::new(&shared.cfg.spend, partition);
+    for topic in &shared.kafka.input_topics.events {
+        if let Some(&n) = shared.partitions.get(topic) {
+            owner.expect_streams((0..n).map(|p| (topic.as_str(), p)));
+        }
+    }
+    owner
+}
+
 /// Rebuilds the message owner of `topic` (events-by-message) `partition` by
 /// replaying the partition up to `until` (the committed offset). The
 /// replay's outputs are discarded: they were produced when the records were
@@ -40,7 +54,7 @@ pub fn restore_owner(
     partition: i32,
     until: i64,
 ) -> Result<MessageOwner, RuntimeError> {
-    let mut owner = MessageOwner::new(&shared.cfg.spend, partition);
+    let mut owner = new_owner(shared, partition);
     let view = View::new(&shared.cfg.optout);
     let mut scratch = OwnerOutputs::default();
     replay_values(shared, topic, partition, until, |value, at| {
@@ -118,7 +132,7 @@ impl Logic for MessageStage {
     ) -> Result<(), RuntimeError> {
         let owner = match committed {
             Some(until) => restore_owner(shared, &self.topic_arc, partition, until)?,
-            None => MessageOwner::new(&shared.cfg.spend, partition),
+            None => new_owner(shared, partition),
         };
         self.owners.insert(partition, owner);
         Ok(())

@@ -110,7 +110,7 @@ pub struct Shared {
     /// Runs the archive's uploads.
     pub io: tokio::runtime::Handle,
     /// Partition count of every topic the runtime writes with an explicit
-    /// partition.
+    /// partition, and of the input topics present at start.
     pub partitions: Arc<BTreeMap<String, i32>>,
 }
 
@@ -184,6 +184,17 @@ impl Instance {
                 .copied()
                 .unwrap_or(s.partitions);
             partitions.insert(s.name.clone(), n);
+        }
+        for t in kafka.input_topics.all() {
+            match report.present.get(&t) {
+                Some(&n) => {
+                    partitions.insert(t, n);
+                }
+                None => tracing::warn!(
+                    topic = %t,
+                    "input topic not found at start: its partitions are not expected by the spend watermarks"
+                ),
+            }
         }
         let store = match &cfg.archive.uri {
             Some(uri) => {

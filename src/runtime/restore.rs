@@ -12,7 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use std::sync::Arc;
 
-use super::stage::InRecord;
+use super::stage::{GapProbe, InRecord};
 use super::{RuntimeError, Shared};
 use crate::kafka::{consumer_config, ClientError};
 use crate::model::Provenance;
@@ -99,24 +99,30 @@ pub fn replay(
     consumer.assign(&tpl).map_err(|e| kafka("assign", e))?;
     let mut n = 0u64;
     let mut last_progress = Instant::now();
-    // As in the stage loop: a gap is re-read once before it is believed.
+    // As in the stage loop: a gap is believed only once the broker has been
+    // seen reading through it (see `stage::in_sequence`).
     let mut expected = low;
-    let mut gap: Option<(i64, i64)> = None;
+    let mut probe: Option<GapProbe> = None;
     loop {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 last_progress = Instant::now();
                 let offset = m.offset();
                 if offset < expected {
+                    if let Some(p) = probe.as_mut() {
+                        p.read_below = true;
+                    }
                     continue;
                 }
-                if offset > expected && gap != Some((expected, offset)) {
-                    gap = Some((expected, offset));
-                    consumer
-                        .seek(topic, partition, Offset::Offset(expected), CALL_TIMEOUT)
-                        .map_err(|e| kafka("seek", e))?;
-                    continue;
+                if offset > expected {
+                    if let Some(from) = GapProbe::advance(&mut probe, expected) {
+                        consumer
+                            .seek(topic, partition, Offset::Offset(from), CALL_TIMEOUT)
+                            .map_err(|e| kafka("seek", e))?;
+                        continue;
+                    }
                 }
+                probe = None;
                 expected = offset + 1;
                 if m.offset() >= end {
                     break;

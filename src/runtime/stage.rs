@@ -426,14 +426,11 @@ fn probe_gap<L: Logic>(
     key: &(String, i32),
     expected: i64,
 ) -> Result<bool, RuntimeError> {
-    let from = match s.gaps.get_mut(key) {
-        Some(probe) if probe.expected == expected => probe.next_step(),
-        _ => {
-            let probe = GapProbe::new(expected);
-            s.gaps.insert(key.clone(), probe);
-            Some(probe.from())
-        }
-    };
+    let mut slot = s.gaps.remove(key);
+    let from = GapProbe::advance(&mut slot, expected);
+    if let Some(probe) = slot {
+        s.gaps.insert(key.clone(), probe);
+    }
     tracing::debug!(
         stage = logic.name(),
         topic = key.0,
@@ -489,16 +486,30 @@ fn probe_stalls<L: Logic>(
 /// (see [`in_sequence`]): read again from `expected - back`, doubling `back`
 /// while the broker delivers nothing below `expected` before the gap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct GapProbe {
+pub(crate) struct GapProbe {
     /// The offset that should have come next.
     expected: i64,
     /// How far before `expected` the current re-read starts.
     back: i64,
     /// Whether the current re-read delivered a record below `expected`.
-    read_below: bool,
+    pub(crate) read_below: bool,
 }
 
 impl GapProbe {
+    /// Records are missing from `expected` on: starts the probe in `slot`,
+    /// or continues it when it is about the same offset. Returns where the
+    /// next re-read starts, `None` when the gap is confirmed.
+    pub(crate) fn advance(slot: &mut Option<GapProbe>, expected: i64) -> Option<i64> {
+        match slot.as_mut() {
+            Some(p) if p.expected == expected => p.next_step(),
+            _ => {
+                let p = GapProbe::new(expected);
+                *slot = Some(p);
+                Some(p.from())
+            }
+        }
+    }
+
     fn new(expected: i64) -> GapProbe {
         GapProbe {
             expected,
@@ -822,14 +833,6 @@ mod tests {
         let high = batches.iter().map(|(_, last)| last + 1).max().unwrap_or(0);
         let mut expected = expected;
         let mut probe: Option<GapProbe> = None;
-        let step = |probe: &mut Option<GapProbe>, expected: i64| match probe.as_mut() {
-            Some(p) if p.expected == expected => p.next_step(),
-            _ => {
-                let p = GapProbe::new(expected);
-                *probe = Some(p);
-                Some(p.from())
-            }
-        };
         let mut accepted = Vec::new();
         let mut pending = read(expected);
         for _ in 0..64 {
@@ -842,7 +845,7 @@ mod tests {
                     continue;
                 }
                 if o > expected {
-                    seek = step(&mut probe, expected);
+                    seek = GapProbe::advance(&mut probe, expected);
                     if seek.is_some() {
                         break;
                     }
@@ -853,7 +856,7 @@ mod tests {
             }
             if seek.is_none() && expected < high {
                 // Stalled below the high watermark.
-                seek = step(&mut probe, expected);
+                seek = GapProbe::advance(&mut probe, expected);
             }
             match seek {
                 Some(from) => pending = read(from),

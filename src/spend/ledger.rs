@@ -41,7 +41,9 @@
 //! is declared caught up with [`SpendLedger::source_idle`] (in Kafka, the
 //! router sends that marker when it has read its input partition to the end;
 //! a source that is merely slow or stalled is never declared idle), and again
-//! from its next event on. The watermark never decreases. A month `M` is **closed** once
+//! from its next event on. Sources expected but not yet heard from
+//! ([`SpendLedger::expect_sources`]: in Kafka, every input partition) hold it
+//! back from the start. The watermark never decreases. A month `M` is **closed** once
 //! `watermark >= M.end_ms() + receipt_window_hours * 3_600_000`: carrier
 //! receipts arrive up to 72 hours after a send, so nothing more is expected for
 //! it. When a month closes, the per-message entries attributed to it are
@@ -295,6 +297,18 @@ impl SpendLedger {
         }
         self.advance_to_sources();
         outcome
+    }
+
+    /// Declares the sources expected to deliver (e.g. every partition of the
+    /// input topics): each holds the watermark back from the start, before
+    /// its first event, until it delivers or is declared idle. Without this,
+    /// the sources read first could close a month while a source not yet
+    /// read (its reader not started, its partition not yet assigned) still
+    /// holds events of it. Sources already known are left as they are.
+    pub fn expect_sources(&mut self, sources: impl IntoIterator<Item = u64>) {
+        for s in sources {
+            self.sources.entry(s).or_insert(i64::MIN);
+        }
     }
 
     /// Declares `source` caught up: it has nothing more to deliver for now,

@@ -1374,3 +1374,63 @@ fn a_source_holds_the_watermark_until_declared_idle_and_again_when_it_resumes() 
     l.source_idle(99);
     assert!(!l.is_closed(mk(2025, 12)));
 }
+
+#[test]
+fn an_expected_source_not_yet_heard_from_holds_the_watermark() {
+    // Partitions 1 and 2 are expected; only 1 has been read so far, and it
+    // is far past October's close. Partition 2's October message must still
+    // count: October stays open until 2 delivers or is declared idle.
+    let oct = mk(2025, 10);
+    let req = ms("2025-10-30T00:00:00Z");
+    let far = ms("2025-11-20T00:00:00Z");
+    let (a, b) = (1_u64, 2_u64);
+    let mut expecting = SpendLedger::new(&cfg());
+    expecting.expect_sources([a, b]);
+    expecting.apply_from(
+        &ev("TEXT_DELIVERED", "n1", far, Some(far), Some("0.01"), None),
+        None,
+        a,
+    );
+    assert!(!expecting.is_closed(oct), "2 has not been heard from");
+    let o = expecting.apply_from(
+        &ev("TEXT_DELIVERED", "o1", req, Some(req), Some("0.02"), None),
+        None,
+        b,
+    );
+    assert!(!o.late);
+    assert_eq!(expecting.total(oct, Channel::Sms), totals("0.02", 1));
+
+    // Without the expectation, 1 alone closes October and 2's message is
+    // dropped as late (what happened while a partition was not yet assigned).
+    let mut unaware = SpendLedger::new(&cfg());
+    unaware.apply_from(
+        &ev("TEXT_DELIVERED", "o0", req, Some(req), Some("0.03"), None),
+        None,
+        a,
+    );
+    unaware.apply_from(
+        &ev("TEXT_DELIVERED", "n1", far, Some(far), None, None),
+        None,
+        a,
+    );
+    assert!(unaware.is_closed(oct));
+    let lost = unaware.apply_from(
+        &ev("TEXT_DELIVERED", "o1", req, Some(req), Some("0.02"), None),
+        None,
+        b,
+    );
+    assert!(lost.late);
+    assert_eq!(unaware.total(oct, Channel::Sms), totals("0.03", 1));
+
+    // An expected source declared idle before any event releases it.
+    let mut idle = SpendLedger::new(&cfg());
+    idle.expect_sources([a, b]);
+    idle.apply_from(
+        &ev("TEXT_DELIVERED", "n1", far, Some(far), None, None),
+        None,
+        a,
+    );
+    assert!(!idle.is_closed(oct));
+    idle.source_idle(b);
+    assert!(idle.is_closed(oct));
+}

@@ -57,6 +57,21 @@ impl MessageOwner {
         }
     }
 
+    /// Declares the input streams (topic, partition) whose events this owner
+    /// will receive, so that none of them is overtaken before its first
+    /// event (see [`SpendLedger::expect_sources`]).
+    pub fn expect_streams<'a>(&mut self, streams: impl IntoIterator<Item = (&'a str, i32)>) {
+        self.ledger
+            .expect_sources(streams.into_iter().map(|(topic, partition)| {
+                stream_hash(&Provenance {
+                    source: Arc::from(topic),
+                    partition: Some(partition),
+                    offset: 0,
+                    sub: 0,
+                })
+            }));
+    }
+
     /// Processes one forwarded record; `at` is its own position (in the
     /// internal topic), used only to name it in a dead letter.
     pub fn process(&mut self, record: &[u8], at: &Provenance, view: &View, out: &mut OwnerOutputs) {
