@@ -35,11 +35,7 @@ const RUNS: usize = 3;
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` does not run
     // benches with harness = false unless asked, so any argument is fine.
-    if !kafka_support::tansu_available() {
-        println!(
-            "bare_consumer: skipped, tansu not found at {} (run `bash scripts/install-tansu.sh` or set TANSU_BIN)",
-            kafka_support::tansu_bin().display()
-        );
+    if !kafka_support::tansu_or_skip("bare_consumer") {
         return;
     }
     let messages: usize = std::env::var("BARE_CONSUMER_MESSAGES")

@@ -34,11 +34,7 @@ const INPUT: &str = "bench.input";
 const PARTITIONS: i32 = 4;
 
 fn main() {
-    if !kafka_support::tansu_available() {
-        println!(
-            "end_to_end: skipped, tansu not found at {} (run `bash scripts/install-tansu.sh` or set TANSU_BIN)",
-            kafka_support::tansu_bin().display()
-        );
+    if !kafka_support::tansu_or_skip("end_to_end") {
         return;
     }
     let messages: usize = std::env::var("E2E_MESSAGES")

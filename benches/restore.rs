@@ -105,11 +105,7 @@ fn main() {
     if std::env::var("RESTORE_BROKER").as_deref() == Ok("0") {
         return;
     }
-    if !kafka_support::tansu_available() {
-        println!(
-            "restore through a broker: skipped, tansu not found at {} (run `bash scripts/install-tansu.sh` or set TANSU_BIN)",
-            kafka_support::tansu_bin().display()
-        );
+    if !kafka_support::tansu_or_skip("restore through a broker") {
         return;
     }
     through_tansu(&cfg, &parts, forwarded);

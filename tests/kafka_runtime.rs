@@ -103,6 +103,19 @@ fn config_text(bootstrap: &str, group: &str, archive: &Path, exactly_once: bool)
     )
 }
 
+/// Reads the logs of instances `a` and `b` (for failure messages; the files
+/// stay the same when an instance is restarted under the same name).
+fn both_logs(a: &Instance, b: &Instance) -> impl Fn() -> String {
+    let (la, lb) = (a.log.clone(), b.log.clone());
+    move || {
+        format!(
+            "--- a\n{}\n--- b\n{}",
+            std::fs::read_to_string(&la).unwrap_or_default(),
+            std::fs::read_to_string(&lb).unwrap_or_default()
+        )
+    }
+}
+
 /// A `smsvoice run` child process, its log in a file.
 struct Instance {
     child: Option<Child>,
@@ -370,17 +383,7 @@ fn two_instances_sigkill_and_restore(bootstrap: &str, messages: usize) -> usize 
 
     let mut a = Instance::start(&cfg_path, "a", dir.path());
     let mut b = Instance::start(&cfg_path, "b", dir.path());
-    let logs = {
-        let la = a.log.clone();
-        let lb = b.log.clone();
-        move || {
-            format!(
-                "--- a\n{}\n--- b\n{}",
-                std::fs::read_to_string(&la).unwrap_or_default(),
-                std::fs::read_to_string(&lb).unwrap_or_default()
-            )
-        }
-    };
+    let logs = both_logs(&a, &b);
     // The spread is deliberate: record i goes to partition i % 4, whatever
     // its message, so the events of one message are on several partitions.
     let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
@@ -774,17 +777,7 @@ fn mock_cluster_exactly_once_two_instances() {
 
     let mut a = Instance::start(&cfg_path, "a", dir.path());
     let mut b = Instance::start(&cfg_path, "b", dir.path());
-    let logs = {
-        let la = a.log.clone();
-        let lb = b.log.clone();
-        move || {
-            format!(
-                "--- a\n{}\n--- b\n{}",
-                std::fs::read_to_string(&la).unwrap_or_default(),
-                std::fs::read_to_string(&lb).unwrap_or_default()
-            )
-        }
-    };
+    let logs = both_logs(&a, &b);
     // Both members joined and settled before the first record.
     wait_until(
         Duration::from_secs(60),

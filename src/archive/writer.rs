@@ -509,6 +509,17 @@ impl ArchiveWriter {
         self.sources.remove(key);
     }
 
+    /// [`discard_source`](Self::discard_source) of `source` `partition`, on
+    /// an optional writer (a stage without an archive has none).
+    pub fn discard_partition(writer: &mut Option<ArchiveWriter>, source: Arc<str>, partition: i32) {
+        if let Some(w) = writer.as_mut() {
+            w.discard_source(&SourceKey {
+                source,
+                partition: Some(partition),
+            });
+        }
+    }
+
     /// Appends an accepted inbound message, partitioned by the UTC date of
     /// its received_at, or of `fallback_date_ms` when unknown.
     pub fn append_inbound(

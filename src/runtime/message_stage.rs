@@ -22,7 +22,7 @@ use super::records::{dead_letter, partition_of, OutRecord};
 use super::restore::replay_values;
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
-use crate::archive::writer::{now_ms, ArchiveWriter, SourceKey};
+use crate::archive::writer::{now_ms, ArchiveWriter};
 use crate::kafka::admin::{EVENTS_BY_MESSAGE, SPEND_PARTIALS};
 use crate::model::{Channel, Provenance};
 use crate::spend::MonthKey;
@@ -141,12 +141,7 @@ impl Logic for MessageStage {
     fn revoke(&mut self, _: &str, partition: i32) {
         self.owners.remove(&partition);
         self.pending.retain(|(p, _, _), _| *p != partition);
-        if let Some(a) = self.archive.as_mut() {
-            a.discard_source(&SourceKey {
-                source: self.topic_arc.clone(),
-                partition: Some(partition),
-            });
-        }
+        ArchiveWriter::discard_partition(&mut self.archive, self.topic_arc.clone(), partition);
     }
 
     fn process(

@@ -18,7 +18,7 @@ use super::records::{dead_letter, OutRecord};
 use super::restore::replay_values;
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
-use crate::archive::writer::{now_ms, ArchiveWriter, SourceKey};
+use crate::archive::writer::{now_ms, ArchiveWriter};
 use crate::kafka::admin::INBOUND_BY_NUMBER;
 use crate::model::Provenance;
 use crate::stages::optout_owner::{OptOutOutputs, OptOutOwner};
@@ -82,12 +82,7 @@ impl Logic for OptOutStage {
 
     fn revoke(&mut self, _: &str, partition: i32) {
         self.owners.remove(&partition);
-        if let Some(a) = self.archive.as_mut() {
-            a.discard_source(&SourceKey {
-                source: self.topic_arc.clone(),
-                partition: Some(partition),
-            });
-        }
+        ArchiveWriter::discard_partition(&mut self.archive, self.topic_arc.clone(), partition);
     }
 
     fn process(

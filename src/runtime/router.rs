@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::records::{dead_letter, OutRecord};
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
-use crate::archive::writer::{now_ms, ArchiveWriter, SourceKey};
+use crate::archive::writer::{now_ms, ArchiveWriter};
 use crate::decode::RecordSource;
 use crate::kafka::admin::{EVENTS_BY_MESSAGE, INBOUND_BY_NUMBER};
 use crate::stages::forward::encode_idle;
@@ -85,12 +85,7 @@ impl Logic for Router {
     fn revoke(&mut self, topic: &str, partition: i32) {
         self.active
             .retain(|(t, p)| !(&**t == topic && *p == partition));
-        if let Some(a) = self.archive.as_mut() {
-            a.discard_source(&SourceKey {
-                source: Arc::from(topic),
-                partition: Some(partition),
-            });
-        }
+        ArchiveWriter::discard_partition(&mut self.archive, Arc::from(topic), partition);
     }
 
     fn process(

@@ -407,7 +407,9 @@ fn in_sequence<L: Logic>(
     if offset > expected && probe_gap(shared, logic, consumer, s, key, expected)? {
         return Ok(false);
     }
-    s.gaps.remove(key);
+    if !s.gaps.is_empty() {
+        s.gaps.remove(key);
+    }
     if let Some(e) = s.expected.get_mut(key) {
         *e = offset + 1;
     }

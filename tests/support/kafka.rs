@@ -48,6 +48,19 @@ pub fn tansu_available() -> bool {
     tansu_bin().is_file()
 }
 
+/// For benchmarks: false, after printing how to install tansu, when it is
+/// not installed (`what` names the measurement skipped).
+pub fn tansu_or_skip(what: &str) -> bool {
+    if tansu_available() {
+        return true;
+    }
+    println!(
+        "{what}: skipped, tansu not found at {} (run `bash scripts/install-tansu.sh` or set TANSU_BIN)",
+        tansu_bin().display()
+    );
+    false
+}
+
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
