@@ -1,12 +1,16 @@
-//! Kafka infrastructure against real brokers on 127.0.0.1:
+//! Kafka infrastructure against Apache Kafka on 127.0.0.1 (installed from
+//! Maven Central by `scripts/install-kafka.sh`, one broker per test):
 //!
-//! * tansu (install: `scripts/install-tansu.sh`): `ensure_topics` creates the
-//!   pipeline's topics (compacted ones with their config), is idempotent, and
-//!   20,000 records over 4 partitions go in and come back out intact;
-//! * `smsvoice mock-cluster` (a separate process): a transactional producer
-//!   commits, a `read_committed` consumer sees the committed records; the
-//!   mock's known gap (aborted records stay visible) is asserted so that it
-//!   is not mistaken for an exactly-once check.
+//! * `ensure_topics` creates the pipeline's topics (compacted ones with
+//!   their config), is idempotent, and 20,000 records over 4 partitions go
+//!   in and come back out intact;
+//! * transactions: committed records and offsets are visible to a
+//!   `read_committed` consumer, aborted records never are (though they were
+//!   written: `read_uncommitted` sees them), and a zombie producer whose
+//!   transactional id was taken over is fenced: nothing it sends afterwards
+//!   becomes visible;
+//! * the test broker itself: data survives a SIGKILL and a restart on the
+//!   same log directory.
 //!
 //! Every wait is bounded; each test prints its duration.
 
@@ -25,7 +29,7 @@ use smsvoice::kafka::client::admin_config;
 use smsvoice::kafka::{
     all_topics, consumer_config, ensure_topics, producer_config, KafkaConfig, TopicSpec,
 };
-use support::kafka::{consume_all, produce_all, MockClusterProcess, Tansu};
+use support::kafka::{consume_all, produce_all, KafkaBroker};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -51,14 +55,16 @@ async fn describe(cfg: &KafkaConfig, topic: &str) -> BTreeMap<String, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tansu_topics_and_round_trip() {
+async fn topics_and_round_trip() {
     let start = Instant::now();
-    let tansu = Tansu::start();
-    let mut cfg = KafkaConfig::new(tansu.bootstrap.clone());
+    let broker = tokio::task::spawn_blocking(KafkaBroker::start)
+        .await
+        .expect("broker");
+    let mut cfg = KafkaConfig::new(broker.bootstrap.clone());
     cfg.partitions = 3;
 
     // Every output and internal topic is created, compacted ones with
-    // cleanup.policy=compact (or, on a broker that rejects it, without).
+    // cleanup.policy=compact.
     let specs = all_topics(&cfg);
     let report = tokio::time::timeout(T, ensure_topics(&cfg, &specs))
         .await
@@ -71,16 +77,13 @@ async fn tansu_topics_and_round_trip() {
     assert_eq!(created, want, "{report:?}");
     for s in specs.iter().filter(|s| s.compacted) {
         let configs = describe(&cfg, &s.name).await;
-        if report.created_without_configs.contains(&s.name) {
-            eprintln!("{}: broker rejected cleanup.policy=compact", s.name);
-        } else {
-            assert_eq!(
-                configs.get("cleanup.policy").map(String::as_str),
-                Some("compact"),
-                "{}: {configs:?}",
-                s.name
-            );
-        }
+        assert!(report.created_without_configs.is_empty(), "{report:?}");
+        assert_eq!(
+            configs.get("cleanup.policy").map(String::as_str),
+            Some("compact"),
+            "{}: {configs:?}",
+            s.name
+        );
     }
     // Idempotent: a second run finds them all.
     let again = tokio::time::timeout(T, ensure_topics(&cfg, &specs))
@@ -118,7 +121,7 @@ async fn tansu_topics_and_round_trip() {
         .collect();
     let t0 = Instant::now();
     let produced = {
-        let (bootstrap, records) = (tansu.bootstrap.clone(), records.clone());
+        let (bootstrap, records) = (broker.bootstrap.clone(), records.clone());
         tokio::task::spawn_blocking(move || produce_all(&bootstrap, topic, 4, &records))
             .await
             .expect("produce task");
@@ -126,7 +129,7 @@ async fn tansu_topics_and_round_trip() {
     };
     let t1 = Instant::now();
     let got = {
-        let bootstrap = tansu.bootstrap.clone();
+        let bootstrap = broker.bootstrap.clone();
         tokio::task::spawn_blocking(move || {
             consume_all(&bootstrap, topic, 20_000, Duration::from_secs(60), false)
         })
@@ -162,7 +165,7 @@ async fn tansu_topics_and_round_trip() {
     }
     assert!(rebuilt == records, "records differ after the round trip");
     eprintln!(
-        "tansu: topics {setup:?}, produce 20k {produced:?}, consume 20k {consumed:?}, total {:?}",
+        "apache kafka: topics {setup:?}, produce 20k {produced:?}, consume 20k {consumed:?}, total {:?}",
         start.elapsed()
     );
 }
@@ -179,13 +182,43 @@ fn committed_offset(cfg: &KafkaConfig, group: &str, topic: &str) -> Offset {
         .offset()
 }
 
+fn values(records: &[support::kafka::Consumed]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.3).into_owned())
+        .collect()
+}
+
+fn send_all(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let v = format!("{prefix}-{i:03}");
+        p.send(BaseRecord::<str, str>::to(topic).key(&v).payload(&v))
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+}
+
+/// Committed transactions are visible with their offsets, aborted ones never
+/// (to `read_committed`), and a zombie is fenced.
 #[test]
-fn mock_cluster_process_transactions() {
+fn transactions_commit_abort_and_fence_a_zombie() {
     let start = Instant::now();
-    let mock = MockClusterProcess::start(1, &["txn.in:2", "txn.out:3"]);
-    let mut cfg = KafkaConfig::new(mock.bootstrap.clone());
+    let broker = KafkaBroker::start();
+    let mut cfg = KafkaConfig::new(broker.bootstrap.clone());
     cfg.exactly_once = true;
     cfg.transaction_timeout_ms = 20_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let spec = |name: &str, partitions| TopicSpec {
+        name: name.into(),
+        partitions,
+        compacted: false,
+        retain_forever: false,
+    };
+    rt.block_on(ensure_topics(&cfg, &[spec("txn.in", 2), spec("txn.out", 3)]))
+        .expect("topics");
 
     let p: ThreadedProducer<DefaultProducerContext> =
         producer_config(&cfg, Some("infra-txn-0".into()))
@@ -202,47 +235,123 @@ fn mock_cluster_process_transactions() {
         .add_partition_offset("txn.in", 0, Offset::Offset(7))
         .expect("offset");
     p.begin_transaction().expect("begin");
-    for i in 0..100 {
-        let v = format!("committed-{i:03}");
-        p.send(BaseRecord::<str, str>::to("txn.out").key(&v).payload(&v))
-            .map_err(|(e, _)| e)
-            .expect("send");
-    }
+    send_all(&p, "txn.out", "committed", 100);
     p.send_offsets_to_transaction(&offsets, &group.group_metadata().expect("metadata"), T)
         .expect("send_offsets_to_transaction");
     p.commit_transaction(T).expect("commit_transaction");
+    let got = values(&consume_all(&broker.bootstrap, "txn.out", 100, T, true));
+    assert_eq!(got.len(), 100, "{got:?}");
+    assert!(got.iter().all(|v| v.starts_with("committed-")));
+    assert_eq!(committed_offset(&cfg, "eos", "txn.in"), Offset::Offset(7));
 
-    let got = consume_all(&mock.bootstrap, "txn.out", 100, T, true);
-    let values: Vec<String> = got
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.3).into_owned())
-        .collect();
-    assert_eq!(values.len(), 100, "{values:?}");
-    assert!(values.iter().all(|v| v.starts_with("committed-")));
-
-    // Aborted: 20 records. librdkafka's mock writes no transaction markers,
-    // so a read_committed consumer sees them too, and it does not store
-    // transactional offsets. Asserted here so that nobody takes this cluster
-    // for an exactly-once check; if it starts hiding them, this test says so.
+    // Aborted: 20 records, flushed to the broker, then the transaction is
+    // aborted. read_uncommitted sees them (they are in the log),
+    // read_committed never does.
     p.begin_transaction().expect("begin 2");
-    for i in 0..20 {
-        let v = format!("aborted-{i:03}");
-        p.send(BaseRecord::<str, str>::to("txn.out").key(&v).payload(&v))
-            .map_err(|(e, _)| e)
-            .expect("send");
-    }
+    send_all(&p, "txn.out", "aborted", 20);
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset("txn.in", 0, Offset::Offset(99))
+        .expect("offset");
+    p.send_offsets_to_transaction(&offsets, &group.group_metadata().expect("metadata"), T)
+        .expect("send_offsets_to_transaction");
     p.flush(T).expect("flush");
-    p.abort_transaction(T).expect("abort_transaction");
-    let got = consume_all(&mock.bootstrap, "txn.out", 120, T, true);
-    let aborted_seen = got.iter().filter(|r| r.3.starts_with(b"aborted-")).count();
+    let uncommitted = values(&consume_all(&broker.bootstrap, "txn.out", 120, T, false));
     assert_eq!(
-        aborted_seen, 20,
-        "the mock cluster now hides aborted records: update src/kafka/mock.rs docs and make this an exactly-once check"
+        uncommitted
+            .iter()
+            .filter(|v| v.starts_with("aborted-"))
+            .count(),
+        20,
+        "the aborted records were not written: the test would prove nothing"
     );
-    assert_eq!(committed_offset(&cfg, "eos", "txn.in"), Offset::Invalid);
-    eprintln!("mock-cluster process: {:?}", start.elapsed());
+    p.abort_transaction(T).expect("abort_transaction");
+    // A committed transaction after the aborted one, so read_committed
+    // reads past the abort marker.
+    p.begin_transaction().expect("begin 3");
+    send_all(&p, "txn.out", "after", 10);
+    p.commit_transaction(T).expect("commit 3");
+    let got = values(&consume_all(&broker.bootstrap, "txn.out", 110, T, true));
+    assert_eq!(got.len(), 110, "{got:?}");
+    assert!(!got.iter().any(|v| v.starts_with("aborted-")), "{got:?}");
+    assert_eq!(got.iter().filter(|v| v.starts_with("after-")).count(), 10);
+    assert_eq!(
+        committed_offset(&cfg, "eos", "txn.in"),
+        Offset::Offset(7),
+        "the aborted transaction's offset must not be stored"
+    );
+
+    // Zombie: a second producer with the same transactional id takes over
+    // (a restarted instance). The first one's open transaction is aborted by
+    // the broker and its next commit fails as fenced.
+    p.begin_transaction().expect("begin zombie");
+    send_all(&p, "txn.out", "zombie", 5);
+    p.flush(T).expect("flush zombie");
+    let successor: ThreadedProducer<DefaultProducerContext> =
+        producer_config(&cfg, Some("infra-txn-0".into()))
+            .create()
+            .expect("successor");
+    successor.init_transactions(T).expect("successor init");
+    send_all(&p, "txn.out", "zombie-late", 5);
+    let fenced = p.commit_transaction(T);
+    let err = fenced.expect_err("a fenced zombie must not commit");
+    let text = err.to_string();
+    assert!(
+        text.to_lowercase().contains("fenced") || text.contains("epoch"),
+        "zombie commit failed, but not as fenced: {text}"
+    );
+    successor.begin_transaction().expect("successor begin");
+    send_all(&successor, "txn.out", "successor", 5);
+    successor.commit_transaction(T).expect("successor commit");
+    let got = values(&consume_all(&broker.bootstrap, "txn.out", 115, T, true));
+    assert!(!got.iter().any(|v| v.starts_with("zombie")), "{got:?}");
+    assert_eq!(got.iter().filter(|v| v.starts_with("successor-")).count(), 5);
+    assert_eq!(got.len(), 115, "{got:?}");
+    eprintln!("apache kafka transactions: {:?} ({text})", start.elapsed());
 }
 
+/// The test broker keeps its data across a SIGKILL and a restart on the
+/// same log directory and ports (what the crash tests rely on).
+#[test]
+fn broker_survives_sigkill_and_restart() {
+    let mut broker = KafkaBroker::start();
+    let cfg = KafkaConfig::new(broker.bootstrap.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(ensure_topics(
+        &cfg,
+        &[TopicSpec {
+            name: "restart".into(),
+            partitions: 2,
+            compacted: false,
+            retain_forever: true,
+        }],
+    ))
+    .expect("topic");
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..1_000)
+        .map(|i| (None, format!("r{i}").into_bytes()))
+        .collect();
+    produce_all(&broker.bootstrap, "restart", 2, &records);
+    let before = broker.bootstrap.clone();
+    broker.kill();
+    assert!(!support::kafka::metadata_ok(&before, Duration::from_secs(1)));
+    broker.restart();
+    assert_eq!(broker.bootstrap, before);
+    let got = consume_all(&broker.bootstrap, "restart", 1_000, T, false);
+    assert_eq!(got.len(), 1_000);
+    broker.stop();
+    broker.restart();
+    assert_eq!(
+        consume_all(&broker.bootstrap, "restart", 1_000, T, false).len(),
+        1_000
+    );
+}
+
+/// `smsvoice mock-cluster` (the in-process mock as a command, for trying
+/// the runtime without a broker): writes its port file and stops when its
+/// stdin closes.
 #[test]
 fn mock_cluster_process_writes_port_file_and_stops_on_stdin_close() {
     use std::io::Read as _;

@@ -107,6 +107,16 @@ pub struct KafkaConfig {
     /// also the longest a row waits before it is queryable. Default 5000.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// Workaround for brokers that skip records (tansu 0.6 answers a fetch
+    /// inside a batch with the *next* batch): when true, a gap in a
+    /// partition's offsets is re-read until the broker has been seen reading
+    /// through it, and a partition stalled below its high watermark is
+    /// re-read too (`runtime::stage`, "Reading in sequence"). Apache Kafka,
+    /// MSK, Confluent and Redpanda never skip records, and their offset gaps
+    /// (transaction markers, compaction) are real: leave it false there,
+    /// where a gap then costs nothing. Default false.
+    #[serde(default)]
+    pub reread_offset_gaps: bool,
 }
 
 /// `[kafka.input_topics]`. A topic may appear in both lists: it then carries
@@ -196,6 +206,7 @@ impl KafkaConfig {
             transaction_timeout_ms: default_transaction_timeout_ms(),
             max_in_flight_records: default_max_in_flight_records(),
             commit_interval_ms: default_commit_interval_ms(),
+            reread_offset_gaps: false,
         }
     }
 

@@ -99,8 +99,10 @@ pub fn replay(
     consumer.assign(&tpl).map_err(|e| kafka("assign", e))?;
     let mut n = 0u64;
     let mut last_progress = Instant::now();
-    // As in the stage loop: a gap is believed only once the broker has been
-    // seen reading through it (see `stage::in_sequence`).
+    // As in the stage loop, with `reread_offset_gaps` (brokers that skip
+    // records): a gap is believed only once the broker has been seen
+    // reading through it (see `stage::in_sequence`). Otherwise a gap is
+    // real (transaction markers, compaction) and costs nothing.
     let mut expected = low;
     let mut probe: Option<GapProbe> = None;
     loop {
@@ -114,7 +116,7 @@ pub fn replay(
                     }
                     continue;
                 }
-                if offset > expected {
+                if offset > expected && shared.kafka.reread_offset_gaps {
                     if let Some(from) = GapProbe::advance(&mut probe, expected) {
                         consumer
                             .seek(topic, partition, Offset::Offset(from), CALL_TIMEOUT)

@@ -1,10 +1,12 @@
-//! Kafka brokers for integration tests, as child processes on 127.0.0.1:
-//!
-//! * [`Tansu`]: the tansu broker (Kafka protocol, in-memory storage by
-//!   default, no transactions). Install it with `scripts/install-tansu.sh`; found through
-//!   `TANSU_BIN` or `${SMSVOICE_TOOLS:-$HOME/.cache/smsvoice-tools}/tansu/bin/tansu`.
-//! * [`MockClusterProcess`]: `smsvoice mock-cluster` (librdkafka's mock
-//!   cluster; transaction calls accepted, but aborted records stay visible).
+//! Apache Kafka for integration tests and benchmarks, as a child process on
+//! 127.0.0.1 ([`KafkaBroker`]): one combined broker + controller (KRaft) per
+//! test, with its own log directory and free ports, started from the jars
+//! that `scripts/install-kafka.sh` copies from Maven Central. It can be
+//! stopped, SIGKILLed and restarted on the same log directory and ports, and
+//! is always killed and removed on drop (and by a watchdog when the test
+//! process itself dies). [`KafkaBroker::start_secure`] adds a SASL_SSL
+//! listener (SCRAM-SHA-512 and PLAIN users) and an SSL listener, with a CA
+//! generated for the test.
 //!
 //! and [`produce_all`] / [`consume_all`] to write and read topics.
 #![allow(dead_code)]
@@ -24,14 +26,27 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use smsvoice::kafka::{consumer_config, producer_config, KafkaConfig};
 
-/// How long a broker may take to answer its first metadata request.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Fresh ports tried when the broker dies at start (port taken meanwhile).
-const START_TRIES: usize = 3;
 
-/// Path of the tansu binary: `TANSU_BIN`, else the install script's cache.
-pub fn tansu_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("TANSU_BIN") {
+/// The Apache Kafka version `scripts/install-kafka.sh` installs (read from
+/// `scripts/kafka/pom.xml`, so the two cannot disagree).
+pub fn kafka_version() -> String {
+    let pom = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/kafka/pom.xml"
+    ))
+    .unwrap_or_default();
+    pom.split("<kafka.version>")
+        .nth(1)
+        .and_then(|r| r.split("</kafka.version>").next())
+        .unwrap_or("4.1.1")
+        .trim()
+        .to_owned()
+}
+
+/// Directory of the broker's jars: `KAFKA_LIBS`, else the install script's
+/// cache (`${SMSVOICE_TOOLS:-$HOME/.cache/smsvoice-tools}/kafka-VERSION/libs`).
+pub fn kafka_libs() -> PathBuf {
+    if let Some(p) = std::env::var_os("KAFKA_LIBS") {
         return PathBuf::from(p);
     }
     let tools = std::env::var_os("SMSVOICE_TOOLS")
@@ -40,23 +55,25 @@ pub fn tansu_bin() -> PathBuf {
             let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
             PathBuf::from(home).join(".cache/smsvoice-tools")
         });
-    tools.join("tansu/bin/tansu")
+    tools.join(format!("kafka-{}/libs", kafka_version()))
 }
 
-/// True when the tansu binary is installed.
-pub fn tansu_available() -> bool {
-    tansu_bin().is_file()
+/// True when the broker's jars are installed.
+pub fn kafka_available() -> bool {
+    kafka_libs()
+        .join(format!("kafka_2.13-{}.jar", kafka_version()))
+        .is_file()
 }
 
-/// For benchmarks: false, after printing how to install tansu, when it is
-/// not installed (`what` names the measurement skipped).
-pub fn tansu_or_skip(what: &str) -> bool {
-    if tansu_available() {
+/// For benchmarks: false, after printing how to install the broker, when
+/// it is not installed (`what` names the measurement skipped).
+pub fn kafka_or_skip(what: &str) -> bool {
+    if kafka_available() {
         return true;
     }
     println!(
-        "{what}: skipped, tansu not found at {} (run `bash scripts/install-tansu.sh` or set TANSU_BIN)",
-        tansu_bin().display()
+        "{what}: skipped, Apache Kafka not found in {} (run `bash scripts/install-kafka.sh` or set KAFKA_LIBS)",
+        kafka_libs().display()
     );
     false
 }
@@ -81,172 +98,417 @@ pub fn metadata_ok(bootstrap: &str, timeout: Duration) -> bool {
         .is_ok_and(|m| !m.brokers().is_empty())
 }
 
-/// Tansu's storage engine: `SMSVOICE_TANSU_STORAGE` = `memory` (default) or
-/// `sqlite`: a sqlite file beside the broker log (tansu opens it relative to
-/// its working directory, which is the log's directory). The sqlite engine
-/// stores single records and fetches by record offset, but one query at a
-/// time: about 13k records/s produced or consumed here (`cargo bench --bench
-/// bare_consumer`), too slow for the runtime tests; it is there to check
-/// whether a loss seen with the memory engine is the broker's.
-fn storage_url(log: &std::path::Path) -> String {
-    match std::env::var("SMSVOICE_TANSU_STORAGE").as_deref() {
-        Ok("sqlite") => format!(
-            "sqlite://{}",
-            log.with_extension("db")
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ),
-        _ => "memory://tansu/".to_owned(),
-    }
+/// SASL user known to a secure broker (SCRAM-SHA-512 and PLAIN).
+pub const SASL_USER: &str = "smsvoice";
+/// Its password.
+pub const SASL_PASSWORD: &str = "smsvoice-test-secret";
+
+/// Files of the test CA and the broker's certificate.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// CA certificate (PEM) that signed the broker's certificate: what a
+    /// client must trust (`ssl.ca.location`).
+    pub ca: PathBuf,
+    /// A second, unrelated CA (PEM): a client trusting only this one must
+    /// refuse the broker.
+    pub other_ca: PathBuf,
 }
 
-/// A running tansu broker; killed on drop.
-pub struct Tansu {
-    /// `127.0.0.1:PORT`.
+/// Ports and listeners of one broker.
+#[derive(Clone, Debug)]
+struct Ports {
+    plain: u16,
+    controller: u16,
+    /// SASL_SSL and SSL, when secure.
+    secure: Option<(u16, u16)>,
+}
+
+/// A running Apache Kafka broker (combined broker and controller) on
+/// 127.0.0.1; killed, and its directory removed, on drop.
+pub struct KafkaBroker {
+    /// `127.0.0.1:PORT` of the PLAINTEXT listener (harness and plain tests).
     pub bootstrap: String,
-    child: Child,
-    log: PathBuf,
+    /// `127.0.0.1:PORT` of the SASL_SSL listener (SCRAM-SHA-512 and PLAIN),
+    /// when started with [`KafkaBroker::start_secure`].
+    pub sasl_ssl: Option<String>,
+    /// `127.0.0.1:PORT` of the SSL (TLS only) listener, when secure.
+    pub ssl: Option<String>,
+    /// The CA files, when secure.
+    pub tls: Option<TlsFiles>,
+    dir: PathBuf,
+    ports: Ports,
+    /// The watchdog shell that runs java (kills it when our stdin closes).
+    watchdog: Option<Child>,
+    /// java's pid.
+    pid: Option<u32>,
 }
 
-impl Tansu {
-    /// Starts tansu on a free port and waits until it answers a metadata
-    /// request. Panics, naming `scripts/install-tansu.sh`, when the binary
-    /// is missing.
-    pub fn start() -> Tansu {
-        let bin = tansu_bin();
+/// How long a broker may take to answer its first metadata request.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+impl KafkaBroker {
+    /// Starts a broker with a PLAINTEXT listener and waits until it answers.
+    /// Panics, naming `scripts/install-kafka.sh`, when it is not installed.
+    pub fn start() -> KafkaBroker {
+        Self::start_with(false)
+    }
+
+    /// As [`start`](Self::start), plus a SASL_SSL listener (SCRAM-SHA-512
+    /// and PLAIN, user [`SASL_USER`]) and an SSL listener whose certificate a
+    /// CA generated here signed (openssl).
+    pub fn start_secure() -> KafkaBroker {
+        Self::start_with(true)
+    }
+
+    fn start_with(secure: bool) -> KafkaBroker {
         assert!(
-            bin.is_file(),
-            "tansu not found at {}: run `bash scripts/install-tansu.sh` (or set TANSU_BIN)",
-            bin.display()
+            kafka_available(),
+            "Apache Kafka not found in {}: run `bash scripts/install-kafka.sh` (or set KAFKA_LIBS)",
+            kafka_libs().display()
         );
-        let mut last = String::new();
-        for _ in 0..START_TRIES {
-            let port = free_port();
-            let url = format!("tcp://127.0.0.1:{port}");
-            let log = std::env::temp_dir()
-                .join(format!("smsvoice-tansu-{}-{port}.log", std::process::id()));
-            let out = std::fs::File::create(&log)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-            let err = out
-                .try_clone()
-                .unwrap_or_else(|e| panic!("cannot clone log handle: {e}"));
-            let mut child = Command::new(&bin)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", &storage_url(&log)])
-                .env("RUST_LOG", "warn")
-                .current_dir(std::env::temp_dir())
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "smsvoice-kafka-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        let ports = Ports {
+            plain: free_port(),
+            controller: free_port(),
+            secure: secure.then(|| (free_port(), free_port())),
+        };
+        let tls = secure.then(|| make_tls(&dir));
+        let mut b = KafkaBroker {
+            bootstrap: format!("127.0.0.1:{}", ports.plain),
+            sasl_ssl: ports.secure.map(|(s, _)| format!("127.0.0.1:{s}")),
+            ssl: ports.secure.map(|(_, t)| format!("127.0.0.1:{t}")),
+            tls,
+            dir,
+            ports,
+            watchdog: None,
+            pid: None,
+        };
+        b.write_config();
+        b.format();
+        b.launch();
+        b
+    }
+
+    fn properties(&self) -> PathBuf {
+        self.dir.join("server.properties")
+    }
+
+    /// The broker's log file (stdout and stderr of java).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("broker.log")
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn write_config(&self) {
+        let p = &self.ports;
+        let mut listeners = format!(
+            "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+            p.plain, p.controller
+        );
+        let mut advertised = format!("PLAINTEXT://127.0.0.1:{}", p.plain);
+        if let Some((s, t)) = p.secure {
+            listeners.push_str(&format!(",SASL_SSL://127.0.0.1:{s},SSL://127.0.0.1:{t}"));
+            advertised.push_str(&format!(",SASL_SSL://127.0.0.1:{s},SSL://127.0.0.1:{t}"));
+        }
+        let data = self.dir.join("data");
+        let mut text = format!(
+            "process.roles=broker,controller\n\
+             node.id=1\n\
+             controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
+             listeners={listeners}\n\
+             advertised.listeners={advertised}\n\
+             controller.listener.names=CONTROLLER\n\
+             inter.broker.listener.name=PLAINTEXT\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL\n\
+             log.dirs={data}\n\
+             num.partitions=1\n\
+             offsets.topic.replication.factor=1\n\
+             offsets.topic.num.partitions=8\n\
+             transaction.state.log.replication.factor=1\n\
+             transaction.state.log.min.isr=1\n\
+             transaction.state.log.num.partitions=8\n\
+             share.coordinator.state.topic.replication.factor=1\n\
+             share.coordinator.state.topic.min.isr=1\n\
+             group.initial.rebalance.delay.ms=0\n\
+             auto.create.topics.enable=false\n\
+             log.cleaner.backoff.ms=1000\n",
+            controller = p.controller,
+            data = data.display(),
+        );
+        if let Some(tls) = &self.tls {
+            let pem = self.dir.join("tls/server.pem");
+            text.push_str(&format!(
+                "ssl.keystore.type=PEM\n\
+                 ssl.keystore.location={pem}\n\
+                 ssl.truststore.type=PEM\n\
+                 ssl.truststore.location={ca}\n\
+                 sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN\n\
+                 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+                 listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_{SASL_USER}=\"{SASL_PASSWORD}\";\n",
+                pem = pem.display(),
+                ca = tls.ca.display(),
+            ));
+        }
+        std::fs::write(self.properties(), text).expect("write server.properties");
+        std::fs::write(
+            self.dir.join("log4j2.properties"),
+            "status = warn\n\
+             appender.out.type = Console\n\
+             appender.out.name = out\n\
+             appender.out.layout.type = PatternLayout\n\
+             appender.out.layout.pattern = [%d] %p %m (%c)%n\n\
+             rootLogger.level = WARN\n\
+             rootLogger.appenderRef.out.ref = out\n\
+             logger.server.name = kafka.server.KafkaRaftServer\n\
+             logger.server.level = INFO\n",
+        )
+        .expect("write log4j2.properties");
+    }
+
+    /// `kafka.tools.StorageTool format` of the log directory (standalone
+    /// controller; SCRAM user added when secure).
+    fn format(&self) {
+        let cluster_id = {
+            // 16 bytes, base64url without padding, as Kafka's Uuid prints.
+            use base64::Engine as _;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let mixed = nanos ^ ((std::process::id() as u128) << 64) ^ 0x5a5a_0000_0000_0001;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mixed.to_le_bytes())
+        };
+        let mut cmd = self.java();
+        cmd.args(["kafka.tools.StorageTool", "format", "--standalone", "-t"])
+            .arg(&cluster_id)
+            .arg("-c")
+            .arg(self.properties());
+        if self.tls.is_some() {
+            cmd.arg("--add-scram").arg(format!(
+                "SCRAM-SHA-512=[name={SASL_USER},password={SASL_PASSWORD}]"
+            ));
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run java: {e}"));
+        assert!(
+            out.status.success(),
+            "kafka.tools.StorageTool format failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn java(&self) -> Command {
+        let mut cmd = Command::new("java");
+        cmd.arg("-cp")
+            .arg(format!("{}/*", kafka_libs().display()))
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                self.dir.join("log4j2.properties").display()
+            ));
+        cmd
+    }
+
+    /// Starts java on the existing log directory and waits until the
+    /// broker answers a metadata request.
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap_or_else(|e| panic!("cannot open broker log: {e}"));
+        // java runs under a shell that kills it when this process's end of
+        // the shell's stdin closes: the broker never outlives the test.
+        let script = r#"exec 3<&0
+java "$@" </dev/null & j=$!
+echo "$j"
+( read -r _ <&3; kill -9 "$j" 2>/dev/null ) &
+w=$!
+wait "$j"; st=$?
+kill "$w" 2>/dev/null
+exit "$st""#;
+        let heap = std::env::var("SMSVOICE_KAFKA_HEAP").unwrap_or_else(|_| "768m".into());
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("kafka-broker")
+            .arg("-cp")
+            .arg(format!("{}/*", kafka_libs().display()))
+            .arg(format!("-Xmx{heap}"))
+            .arg("-Xms128m")
+            .arg("-XX:+UseG1GC")
+            .arg("-Djava.awt.headless=true")
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                self.dir.join("log4j2.properties").display()
+            ))
+            .arg("kafka.Kafka")
+            .arg(self.properties())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the broker: {e}"));
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        let pid: u32 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("broker watchdog printed {line:?}"));
+        self.pid = Some(pid);
+        self.watchdog = Some(child);
+        let start = Instant::now();
+        loop {
+            if let Some(Ok(Some(status))) = self.watchdog.as_mut().map(Child::try_wait) {
+                panic!("the broker exited with {status}:\n{}", self.log());
+            }
+            if metadata_ok(&self.bootstrap, Duration::from_millis(500)) {
+                return;
+            }
+            assert!(
+                start.elapsed() < READY_TIMEOUT,
+                "the broker did not answer within {READY_TIMEOUT:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&mut self, sig: &str) {
+        if let Some(pid) = self.pid.take() {
+            let _ = Command::new("kill")
+                .args([sig, &pid.to_string()])
                 .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            let bootstrap = format!("127.0.0.1:{port}");
+                .status();
+        }
+        if let Some(mut w) = self.watchdog.take() {
             let start = Instant::now();
-            while start.elapsed() < READY_TIMEOUT {
-                if let Ok(Some(status)) = child.try_wait() {
-                    last = format!(
-                        "tansu exited with {status}: {}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                    break;
-                }
-                if metadata_ok(&bootstrap, Duration::from_millis(500)) {
-                    return Tansu {
-                        bootstrap,
-                        child,
-                        log,
-                    };
+            while start.elapsed() < Duration::from_secs(60) {
+                if let Ok(Some(_)) = w.try_wait() {
+                    return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = child.kill();
-            let _ = child.wait();
-            if last.is_empty() {
-                last = format!(
-                    "tansu did not answer within {READY_TIMEOUT:?}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
+            let _ = w.kill();
+            let _ = w.wait();
+            panic!("the broker did not stop 60 s after {sig}");
         }
-        panic!("{last}");
     }
 
-    /// The broker's log so far (stdout and stderr).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+    /// Stops the broker cleanly (SIGTERM) and waits until it exited.
+    pub fn stop(&mut self) {
+        self.signal("-TERM");
+    }
+
+    /// Kills the broker (SIGKILL): nothing is flushed.
+    pub fn kill(&mut self) {
+        self.signal("-KILL");
+    }
+
+    /// Starts the broker again on the same log directory and ports (after
+    /// [`stop`](Self::stop) or [`kill`](Self::kill)).
+    pub fn restart(&mut self) {
+        assert!(self.pid.is_none(), "restart of a running broker");
+        self.launch();
+    }
+
+    /// Client properties for the SASL_SSL listener with `mechanism`
+    /// (`SCRAM-SHA-512` or `PLAIN`), as a user writes them in
+    /// `[kafka.properties]`.
+    pub fn sasl_properties(&self, mechanism: &str, password: &str) -> Vec<(String, String)> {
+        let tls = self.tls.as_ref().expect("a secure broker");
+        vec![
+            ("security.protocol".into(), "SASL_SSL".into()),
+            ("sasl.mechanism".into(), mechanism.into()),
+            ("sasl.username".into(), SASL_USER.into()),
+            ("sasl.password".into(), password.into()),
+            ("ssl.ca.location".into(), tls.ca.display().to_string()),
+        ]
     }
 }
 
-impl Drop for Tansu {
+impl Drop for KafkaBroker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-        for ext in ["db", "db-wal", "db-shm"] {
-            let _ = std::fs::remove_file(self.log.with_extension(ext));
+        if let Some(pid) = self.pid.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stdin(Stdio::null())
+                .status();
+        }
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        if std::env::var_os("SMSVOICE_KEEP_BROKER_DIR").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
 
-/// `smsvoice mock-cluster` as a child process; killed on drop (and it stops
-/// by itself when this process dies, since its stdin is a pipe from here).
-pub struct MockClusterProcess {
-    /// The cluster's `bootstrap.servers`.
-    pub bootstrap: String,
-    child: Child,
-}
-
-impl MockClusterProcess {
-    /// Starts a mock cluster of `brokers` brokers with `topics`
-    /// (`NAME:PARTITIONS`) created.
-    pub fn start(brokers: i32, topics: &[&str]) -> MockClusterProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_smsvoice"));
-        cmd.args(["mock-cluster", "--brokers", &brokers.to_string()]);
-        for t in topics {
-            cmd.args(["--topic", t]);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start smsvoice mock-cluster: {e}"));
-        let stdout = child
-            .stdout
-            .take()
-            .unwrap_or_else(|| panic!("mock-cluster stdout not captured"));
-        let mut line = String::new();
-        let read = BufReader::new(stdout).read_line(&mut line);
-        let bootstrap = match (read, line.trim().strip_prefix("bootstrap=")) {
-            (Ok(_), Some(b)) if !b.is_empty() => b.to_owned(),
-            (r, _) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!("smsvoice mock-cluster printed {line:?} ({r:?}), exit {status:?}");
-            }
-        };
-        let start = Instant::now();
-        while !metadata_ok(&bootstrap, Duration::from_millis(500)) {
-            assert!(
-                start.elapsed() < READY_TIMEOUT,
-                "mock cluster at {bootstrap} does not answer"
-            );
-        }
-        MockClusterProcess { bootstrap, child }
+/// A test CA, a broker certificate it signs (SAN 127.0.0.1 and localhost)
+/// and a second unrelated CA, with openssl, under `dir/tls`.
+fn make_tls(dir: &std::path::Path) -> TlsFiles {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).expect("tls dir");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&tls)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for (name, cn) in [("ca", "smsvoice test CA"), ("other-ca", "unrelated CA")] {
+        run(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3", "-subj",
+            &format!("/CN={cn}"), "-keyout", &format!("{name}.key"), "-out",
+            &format!("{name}.pem"),
+        ]);
     }
-}
-
-impl Drop for MockClusterProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    std::fs::write(
+        tls.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("san.ext");
+    run(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout",
+        "server.key", "-out", "server.csr",
+    ]);
+    run(&[
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "3", "-extfile", "san.ext", "-out", "server.crt",
+    ]);
+    // Kafka's PEM keystore: the PKCS#8 key and the certificate chain.
+    let read = |n: &str| std::fs::read_to_string(tls.join(n)).expect("tls file");
+    std::fs::write(
+        tls.join("server.pem"),
+        format!("{}{}{}", read("server.key"), read("server.crt"), read("ca.pem")),
+    )
+    .expect("server.pem");
+    TlsFiles {
+        ca: tls.join("ca.pem"),
+        other_ca: tls.join("other-ca.pem"),
     }
 }
 
