@@ -20,6 +20,9 @@ pub struct Config {
     /// Opt-out lists, numbers and keywords.
     #[serde(default)]
     pub optout: OptOutConfig,
+    /// Plausibility and size limits of input records (see [`crate::limits`]).
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
     /// Parquet archive: location, file rotation, retries, S3 options.
     #[serde(default)]
     pub archive: crate::archive::ArchiveConfig,
@@ -48,6 +51,18 @@ pub struct SpendConfig {
     /// Enforced monthly limits.
     #[serde(default)]
     pub limits: Vec<LimitConfig>,
+    /// Ceiling of the cost of one message (price, carrier fee and their sum,
+    /// per event), in USD, a decimal string. An event above it is a dead
+    /// letter (`invalid_money`), so one absurd price can neither be counted
+    /// nor applied as a correction. Default `"10"`, far above any real SMS,
+    /// MMS or voice message.
+    #[serde(default = "default_max_message_cost_usd")]
+    pub max_message_cost_usd: Usd,
+    /// Per-channel overrides of `max_message_cost_usd`
+    /// (`[spend.max_message_cost_usd_per_channel]`, keys `SMS`, `MMS`,
+    /// `VOICE`, `RCS`). Default: none.
+    #[serde(default)]
+    pub max_message_cost_usd_per_channel: std::collections::BTreeMap<Channel, Usd>,
 }
 
 impl Default for SpendConfig {
@@ -57,8 +72,14 @@ impl Default for SpendConfig {
             receipt_window_hours: default_receipt_window_hours(),
             alarms: Vec::new(),
             limits: Vec::new(),
+            max_message_cost_usd: default_max_message_cost_usd(),
+            max_message_cost_usd_per_channel: std::collections::BTreeMap::new(),
         }
     }
+}
+
+fn default_max_message_cost_usd() -> Usd {
+    crate::limits::DEFAULT_MAX_MESSAGE_COST_USD
 }
 
 fn yes() -> bool {
@@ -280,6 +301,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(k) = &self.kafka {
             k.validate()?;
+        }
+        self.limits.validate()?;
+        if self.spend.max_message_cost_usd <= Usd::ZERO {
+            return Err("spend.max_message_cost_usd must be positive".into());
+        }
+        for (c, v) in &self.spend.max_message_cost_usd_per_channel {
+            if *v <= Usd::ZERO {
+                return Err(format!(
+                    "spend.max_message_cost_usd_per_channel.{c} must be positive"
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for a in &self.spend.alarms {

@@ -7,11 +7,12 @@
 //! in and records out.
 
 use crate::config::Config;
-use crate::decode::{decode_record, Accepted, Decoded, RecordSource};
+use crate::decode::{decode_record_with, Accepted, Decoded, RecordSource};
 use crate::enrich::{
     destination_opted_out, splice, EnrichedEvent, EnrichedInbound, EventEnrichment,
     InboundEnrichment, OptOutRecord, Outputs, SpendRecord, EVENT_KEYS, INBOUND_KEYS,
 };
+use crate::limits::Limits;
 use crate::model::{DeliveryEvent, InboundMessage, Payload};
 use crate::money::Usd;
 use crate::optout::OptOutEngine;
@@ -40,6 +41,7 @@ pub struct Counters {
 
 /// The core: all state of one pipeline instance.
 pub struct Core {
+    limits: Limits,
     optout: OptOutEngine,
     ledger: SpendLedger,
     alarms: AlarmEngine,
@@ -50,6 +52,7 @@ impl Core {
     /// A core with empty state.
     pub fn new(cfg: &Config) -> Core {
         Core {
+            limits: Limits::new(cfg),
             optout: OptOutEngine::new(&cfg.optout),
             ledger: SpendLedger::new(&cfg.spend),
             alarms: AlarmEngine::new(&cfg.spend),
@@ -58,11 +61,29 @@ impl Core {
     }
 
     /// Processes one record (a Kafka record value, or one top-level JSON value
-    /// of a file), appending what it produced to `out`.
+    /// of a file), appending what it produced to `out`. The record timestamp
+    /// (`src.timestamp_ms`, the Kafka record timestamp) is its arrival time:
+    /// no time inside the record may be later than it plus the clock-skew
+    /// allowance (see [`crate::limits`]); without one, only the absolute
+    /// range 2000..2200 applies.
     pub fn process(&mut self, bytes: &[u8], src: &RecordSource, out: &mut Outputs) {
+        self.process_with_arrival(bytes, src, src.timestamp_ms, out);
+    }
+
+    /// [`process`](Self::process) with an explicit arrival time, for records
+    /// that have one but no record timestamp (file mode: the input file's
+    /// modification time; it bounds the record's times but is not a receive
+    /// time of its inbound messages).
+    pub fn process_with_arrival(
+        &mut self,
+        bytes: &[u8],
+        src: &RecordSource,
+        arrival_ms: Option<i64>,
+        out: &mut Outputs,
+    ) {
         self.counters.records += 1;
         let mut decoded: Vec<Decoded<'_>> = Vec::new();
-        decode_record(bytes, src, &mut decoded);
+        decode_record_with(bytes, src, &self.limits, arrival_ms, &mut decoded);
         for d in decoded {
             match d {
                 Decoded::Accepted(a) => self.accept(*a, out),
@@ -212,5 +233,10 @@ impl Core {
     /// The spend ledger (read-only).
     pub fn ledger(&self) -> &SpendLedger {
         &self.ledger
+    }
+
+    /// The limits records are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 }

@@ -114,6 +114,41 @@ pub enum Reason {
         /// The limit.
         max: usize,
     },
+    /// Objects and arrays nested deeper than `[limits] max_json_depth` in one
+    /// JSON text (code `nesting_too_deep`, like envelopes nested too deep).
+    #[error("JSON objects and arrays nested more than {max} deep ([limits] max_json_depth)")]
+    JsonTooDeep {
+        /// The limit.
+        max: usize,
+    },
+    /// A record larger than `[limits] max_record_bytes`. Its dead letter keeps
+    /// only the first `kept` bytes (said in the detail, never silent).
+    #[error("record of {size} bytes is larger than the limit of {max} bytes ([limits] max_record_bytes); the dead letter keeps its first {kept} bytes")]
+    RecordTooLarge {
+        /// Size of the record.
+        size: usize,
+        /// The limit.
+        max: usize,
+        /// Bytes of the record kept in the dead letter's payload.
+        kept: usize,
+    },
+    /// A string field longer than its limit (`[limits] max_id_bytes`,
+    /// `max_body_bytes`, `max_context_value_bytes`).
+    #[error("field {field} is too long: {detail}")]
+    FieldTooLong {
+        /// Field path (`messageId`, `messageBody`, `context.tenant`).
+        field: String,
+        /// Its length and the limit.
+        detail: String,
+    },
+    /// A map with more entries than `[limits] max_context_entries`.
+    #[error("field {field} has too many entries: {detail}")]
+    TooManyEntries {
+        /// Field path (`context`).
+        field: String,
+        /// The count and the limit.
+        detail: String,
+    },
 }
 
 impl Reason {
@@ -135,7 +170,10 @@ impl Reason {
             Reason::InvalidPhoneNumber { .. } => "invalid_phone_number",
             Reason::InvalidBase64 { .. } => "invalid_base64",
             Reason::InvalidEnvelope { .. } => "invalid_envelope",
-            Reason::NestingTooDeep { .. } => "nesting_too_deep",
+            Reason::NestingTooDeep { .. } | Reason::JsonTooDeep { .. } => "nesting_too_deep",
+            Reason::RecordTooLarge { .. } => "record_too_large",
+            Reason::FieldTooLong { .. } => "field_too_long",
+            Reason::TooManyEntries { .. } => "too_many_entries",
         }
     }
 
@@ -148,7 +186,9 @@ impl Reason {
             | Reason::InvalidValue { field, .. }
             | Reason::InvalidMoney { field, .. }
             | Reason::InvalidPhoneNumber { field, .. }
-            | Reason::InvalidBase64 { field, .. } => Some(field),
+            | Reason::InvalidBase64 { field, .. }
+            | Reason::FieldTooLong { field, .. }
+            | Reason::TooManyEntries { field, .. } => Some(field),
             Reason::UnknownEventType { .. } | Reason::SubscriptionFilterEventType { .. } => {
                 Some("eventType")
             }
@@ -157,7 +197,7 @@ impl Reason {
     }
 
     /// Every reason code, for schemas and documentation.
-    pub const ALL_CODES: [&'static str; 16] = [
+    pub const ALL_CODES: [&'static str; 19] = [
         "empty_record",
         "invalid_utf8",
         "invalid_json",
@@ -174,6 +214,9 @@ impl Reason {
         "invalid_base64",
         "invalid_envelope",
         "nesting_too_deep",
+        "record_too_large",
+        "field_too_long",
+        "too_many_entries",
     ];
 }
 
@@ -250,6 +293,28 @@ mod tests {
         assert_eq!(codes.len(), Reason::ALL_CODES.len());
         assert!(Reason::ALL_CODES.contains(&Reason::EmptyRecord.code()));
         assert!(Reason::ALL_CODES.contains(&Reason::NestingTooDeep { max: 1 }.code()));
+        let new = [
+            Reason::JsonTooDeep { max: 1 },
+            Reason::RecordTooLarge {
+                size: 2,
+                max: 1,
+                kept: 1,
+            },
+            Reason::FieldTooLong {
+                field: "messageId".into(),
+                detail: "x".into(),
+            },
+            Reason::TooManyEntries {
+                field: "context".into(),
+                detail: "x".into(),
+            },
+        ];
+        for r in &new {
+            assert!(Reason::ALL_CODES.contains(&r.code()), "{r:?}");
+        }
+        assert_eq!(new[2].field(), Some("messageId"));
+        assert_eq!(new[3].field(), Some("context"));
+        assert_eq!(new[1].field(), None);
     }
 
     #[test]

@@ -13,6 +13,15 @@
 //! event, `originationNumber` / `messageBody` / `inboundMessageId` an inbound
 //! message. Every payload found ends as [`Decoded::Accepted`] or
 //! [`Decoded::Dead`], in input order; nothing panics and nothing is dropped.
+//!
+//! Every payload is also checked against the [`Limits`]: sizes (record,
+//! identifiers, body, context, JSON depth), the per-message cost ceiling, and
+//! the **time bound**: no time inside a record (`eventTimestamp`,
+//! `messageRequestTimestamp`, SNS `Timestamp`, EventBridge `time`, Firehose
+//! `timestamp`) may be later than the record's *arrival time* (from outside
+//! its payload: the Kafka record timestamp, or the input file's modification
+//! time) plus the clock-skew allowance. With no arrival time only the
+//! absolute range 2000-01-01..2200-01-01 applies.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -26,6 +35,7 @@ use serde_json::value::RawValue;
 
 use crate::classify::{classify, EventTypeError};
 use crate::dead_letter::{DeadLetter, Reason};
+use crate::limits::{Limits, OVERSIZED_PAYLOAD_KEPT};
 use crate::model::{is_e164, DeliveryEvent, InboundMessage, Payload, Provenance};
 use crate::money::{MoneyError, Usd};
 
@@ -153,19 +163,155 @@ fn split_probed(bytes: &[u8], probe: bool) -> Vec<(Segment, Option<Probe>)> {
     out
 }
 
-/// Decodes one record into payloads, appending to `out` in input order.
+/// Decodes one record into payloads, appending to `out` in input order, with
+/// the default [`Limits`] and the record timestamp (`src.timestamp_ms`) as
+/// the arrival time.
 pub fn decode_record<'a>(bytes: &'a [u8], src: &RecordSource, out: &mut Vec<Decoded<'a>>) {
+    decode_record_with(bytes, src, &Limits::DEFAULT, src.timestamp_ms, out);
+}
+
+/// Decodes one record into payloads, appending to `out` in input order.
+/// `arrival_ms` is the time the record reached us, from outside its payload
+/// (the Kafka record timestamp, the input file's modification time): no time
+/// inside the record may be later than it plus `limits.max_clock_skew_ms`.
+/// `None`: no bound beyond the absolute range.
+pub fn decode_record_with<'a>(
+    bytes: &'a [u8],
+    src: &RecordSource,
+    limits: &Limits,
+    arrival_ms: Option<i64>,
+    out: &mut Vec<Decoded<'a>>,
+) {
     let mut d = Decoder {
         record: bytes,
         src,
         sub: 0,
         out,
+        limits,
+        bound: TimeBound::new(limits, arrival_ms),
     };
+    if bytes.len() > limits.max_record_bytes {
+        // Keep a bounded prefix (cut at a UTF-8 boundary when the record is
+        // text): a dead letter as large as the record could not be written
+        // to a topic whose records are smaller. The detail says so.
+        let mut kept = bytes.len().min(OVERSIZED_PAYLOAD_KEPT);
+        if let Err(e) = std::str::from_utf8(&bytes[..kept]) {
+            if e.error_len().is_none() {
+                kept = e.valid_up_to();
+            }
+        }
+        d.dead(
+            Reason::RecordTooLarge {
+                size: bytes.len(),
+                max: limits.max_record_bytes,
+                kept,
+            },
+            0..kept,
+            None,
+            &[],
+        );
+        return;
+    }
     if bytes.iter().all(|&b| is_ws(b)) {
         d.dead(Reason::EmptyRecord, 0..bytes.len(), None, &[]);
         return;
     }
     d.split_and_decode(bytes, Some(0), &Ctx::top(src.timestamp_ms));
+}
+
+/// The latest time a record may carry: its arrival time plus the allowed
+/// clock skew. Every time taken from a record passes [`TimeBound::check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeBound {
+    arrival_ms: Option<i64>,
+    skew_ms: i64,
+}
+
+impl TimeBound {
+    /// No arrival time: only the absolute range 2000..2200 applies.
+    pub const NONE: TimeBound = TimeBound {
+        arrival_ms: None,
+        skew_ms: 0,
+    };
+
+    /// The bound of a record that arrived at `arrival_ms`.
+    pub fn new(limits: &Limits, arrival_ms: Option<i64>) -> TimeBound {
+        TimeBound {
+            arrival_ms,
+            skew_ms: limits.max_clock_skew_ms,
+        }
+    }
+
+    /// The latest accepted time, if bounded.
+    pub fn latest(&self) -> Option<i64> {
+        self.arrival_ms.map(|a| a.saturating_add(self.skew_ms))
+    }
+
+    /// `ms` if it is epoch milliseconds in 2000..2200 and not later than the
+    /// arrival time plus the skew; else `invalid_value` naming `field`.
+    pub fn check(&self, field: &str, ms: i64) -> Result<i64, Reason> {
+        self.check_not_after(field, timestamp(field, ms)?)
+    }
+
+    /// `ms` if it is not later than the arrival time plus the skew (no range
+    /// check: for times that are record timestamps already).
+    pub fn check_not_after(&self, field: &str, ms: i64) -> Result<i64, Reason> {
+        match (self.arrival_ms, self.latest()) {
+            (Some(arrival), Some(latest)) if ms > latest => Err(Reason::InvalidValue {
+                field: field.to_owned(),
+                detail: format!(
+                    "{ms} ({}) is later than the record's arrival time {arrival} ({}) plus the allowed clock skew of {} ms ([limits] max_clock_skew)",
+                    rfc3339(ms),
+                    rfc3339(arrival),
+                    self.skew_ms
+                ),
+            }),
+            _ => Ok(ms),
+        }
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    )
+}
+
+/// True when objects and arrays nest deeper than `max` in the JSON text
+/// `json` (brackets inside strings do not count). One pass, no allocation.
+pub fn json_too_deep(json: &[u8], max: usize) -> bool {
+    // Depth d needs at least 2d bytes.
+    if json.len() <= max.saturating_mul(2).saturating_add(1) {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// What the envelopes around a payload said.
@@ -206,6 +352,8 @@ struct Decoder<'a, 'o> {
     src: &'o RecordSource,
     sub: u32,
     out: &'o mut Vec<Decoded<'a>>,
+    limits: &'o Limits,
+    bound: TimeBound,
 }
 
 /// Keys that pick the payload kind or envelope: presence only (even `null`
@@ -502,9 +650,112 @@ fn rfc3339_ms(s: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-/// Decodes one delivery event object.
+/// `field_too_long` unless `value` has at most `max` bytes.
+fn check_len(field: &str, value: &str, max: usize, limit: &str) -> Result<(), Reason> {
+    if value.len() <= max {
+        return Ok(());
+    }
+    Err(Reason::FieldTooLong {
+        field: field.to_owned(),
+        detail: format!(
+            "{} bytes, more than the limit of {max} bytes ([limits] {limit})",
+            value.len()
+        ),
+    })
+}
+
+fn check_opt_len(field: &str, value: Option<&str>, max: usize, limit: &str) -> Result<(), Reason> {
+    value.map_or(Ok(()), |v| check_len(field, v, max, limit))
+}
+
+/// Bounds the `context` map: entry count, key and value lengths.
+fn check_context(
+    context: Option<&BTreeMap<String, String>>,
+    limits: &Limits,
+) -> Result<(), Reason> {
+    let Some(context) = context else {
+        return Ok(());
+    };
+    if context.len() > limits.max_context_entries {
+        return Err(Reason::TooManyEntries {
+            field: "context".into(),
+            detail: format!(
+                "{} entries, more than the limit of {} ([limits] max_context_entries)",
+                context.len(),
+                limits.max_context_entries
+            ),
+        });
+    }
+    let max = limits.max_context_value_bytes;
+    for (k, v) in context {
+        if k.len() > max {
+            return Err(Reason::FieldTooLong {
+                field: "context".into(),
+                detail: format!(
+                    "a key of {} bytes, more than the limit of {max} bytes ([limits] max_context_value_bytes)",
+                    k.len()
+                ),
+            });
+        }
+        check_len(&format!("context.{k}"), v, max, "max_context_value_bytes")?;
+    }
+    Ok(())
+}
+
+/// `invalid_money` when a price, a fee or their sum exceeds the channel's
+/// per-message ceiling.
+fn check_cost(
+    channel: crate::model::Channel,
+    price: Option<Usd>,
+    fee: Option<Usd>,
+    limits: &Limits,
+) -> Result<(), Reason> {
+    let ceiling = limits.max_message_cost(channel);
+    let over = |field: &str, what: String| {
+        Reason::InvalidMoney {
+        field: field.to_owned(),
+        detail: format!(
+            "{what} exceeds the {channel} per-message ceiling of {ceiling} USD ([spend] max_message_cost_usd)"
+        ),
+    }
+    };
+    for (field, v) in [("totalMessagePrice", price), ("totalCarrierFee", fee)] {
+        if let Some(v) = v {
+            if v > ceiling {
+                return Err(over(field, format!("{v} USD")));
+            }
+        }
+    }
+    if let (Some(p), Some(f)) = (price, fee) {
+        let sum = p.checked_add(f);
+        if sum.is_none_or(|sum| sum > ceiling) {
+            let sum = sum.map_or_else(|| "more than 10^28".to_owned(), |s| s.to_string());
+            return Err(over(
+                "totalMessagePrice",
+                format!("totalMessagePrice + totalCarrierFee = {sum} USD"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one delivery event object with the default [`Limits`] and no
+/// arrival time.
 pub fn decode_delivery(bytes: &[u8]) -> Result<(DeliveryEvent, bool), Reason> {
+    decode_delivery_with(bytes, &Limits::DEFAULT, TimeBound::NONE)
+}
+
+/// Decodes one delivery event object: types, sizes, the cost ceiling, and
+/// every timestamp against `bound`.
+pub fn decode_delivery_with(
+    bytes: &[u8],
+    limits: &Limits,
+    bound: TimeBound,
+) -> Result<(DeliveryEvent, bool), Reason> {
     let r: RawEvent = parse(bytes)?;
+    let id_max = limits.max_id_bytes;
+    check_len("eventType", &r.event_type, id_max, "max_id_bytes")?;
+    check_len("messageId", &r.message_id, id_max, "max_id_bytes")?;
     let (channel, status_class) = classify(&r.event_type).map_err(|e| match e {
         EventTypeError::UnknownPrefix(t) => Reason::UnknownEventType { event_type: t },
         EventTypeError::SubscriptionFilter(t) => {
@@ -517,13 +768,27 @@ pub fn decode_delivery(bytes: &[u8]) -> Result<(DeliveryEvent, bool), Reason> {
             detail: "empty".into(),
         });
     }
-    let event_timestamp = timestamp("eventTimestamp", r.event_timestamp)?;
+    check_opt_len(
+        "originationPhoneNumber",
+        r.origination_phone_number.as_deref(),
+        id_max,
+        "max_id_bytes",
+    )?;
+    check_opt_len(
+        "destinationPhoneNumber",
+        r.destination_phone_number.as_deref(),
+        id_max,
+        "max_id_bytes",
+    )?;
+    check_context(r.context.as_ref(), limits)?;
+    let event_timestamp = bound.check("eventTimestamp", r.event_timestamp)?;
     let message_request_timestamp = r
         .message_request_timestamp
-        .map(|t| timestamp("messageRequestTimestamp", t))
+        .map(|t| bound.check("messageRequestTimestamp", t))
         .transpose()?;
     let total_message_price = money("totalMessagePrice", r.total_message_price)?;
     let total_carrier_fee = money("totalCarrierFee", r.total_carrier_fee)?;
+    check_cost(channel, total_message_price, total_carrier_fee, limits)?;
     let collides = [
         r.record_id,
         r.channel,
@@ -577,13 +842,48 @@ pub fn decode_delivery(bytes: &[u8]) -> Result<(DeliveryEvent, bool), Reason> {
     ))
 }
 
-/// Decodes one inbound message object; `received_at` comes from the envelope
-/// or the record.
+/// Decodes one inbound message object with the default [`Limits`];
+/// `received_at` comes from the envelope or the record.
 pub fn decode_inbound(
     bytes: &[u8],
     received_at: Option<i64>,
 ) -> Result<(InboundMessage, bool), Reason> {
+    decode_inbound_with(bytes, received_at, &Limits::DEFAULT)
+}
+
+/// Decodes one inbound message object: types and sizes. `received_at` comes
+/// from the envelope or the record and is already bounded by the caller.
+pub fn decode_inbound_with(
+    bytes: &[u8],
+    received_at: Option<i64>,
+    limits: &Limits,
+) -> Result<(InboundMessage, bool), Reason> {
     let r: RawInbound = parse(bytes)?;
+    let id_max = limits.max_id_bytes;
+    check_len(
+        "originationNumber",
+        &r.origination_number,
+        id_max,
+        "max_id_bytes",
+    )?;
+    check_len(
+        "destinationNumber",
+        &r.destination_number,
+        id_max,
+        "max_id_bytes",
+    )?;
+    check_opt_len(
+        "inboundMessageId",
+        r.inbound_message_id.as_deref(),
+        id_max,
+        "max_id_bytes",
+    )?;
+    check_len(
+        "messageBody",
+        &r.message_body,
+        limits.max_body_bytes,
+        "max_body_bytes",
+    )?;
     if !is_e164(&r.origination_number) {
         return Err(Reason::InvalidPhoneNumber {
             field: "originationNumber".into(),
@@ -657,6 +957,18 @@ impl<'a> Decoder<'a, '_> {
         for (seg, probe) in split_probed(buf, true) {
             match seg {
                 Segment::Value(r) => {
+                    if json_too_deep(&buf[r.clone()], self.limits.max_json_depth) {
+                        let reason = Reason::JsonTooDeep {
+                            max: self.limits.max_json_depth,
+                        };
+                        let (top, inner) = match (&ctx.top, base) {
+                            (Some(t), _) => (t.clone(), Some(&buf[r])),
+                            (None, Some(b)) => (b + r.start..b + r.end, None),
+                            (None, None) => (0..self.record.len(), Some(&buf[r])),
+                        };
+                        self.dead(reason, top, inner, &ctx.envelopes);
+                        continue;
+                    }
                     let mut c = ctx.clone();
                     if let (Some(b), None) = (base, &ctx.top) {
                         c.top = Some(b + r.start..b + r.end);
@@ -673,6 +985,13 @@ impl<'a> Decoder<'a, '_> {
                 }
             }
         }
+    }
+
+    /// An envelope's receive time, checked against the range and the time
+    /// bound (an unparseable SNS / EventBridge time is ignored, as if absent:
+    /// the outer or record time is used instead, which is bounded too).
+    fn envelope_time(&self, field: &str, t: Option<i64>) -> Result<Option<i64>, Reason> {
+        t.map(|t| self.bound.check(field, t)).transpose()
     }
 
     fn fail(&mut self, reason: Reason, value: &[u8], ctx: &Ctx) {
@@ -712,7 +1031,7 @@ impl<'a> Decoder<'a, '_> {
             None => Cow::Owned(value.to_vec()),
         };
         if probe.event_type.0 {
-            match decode_delivery(value) {
+            match decode_delivery_with(value, self.limits, self.bound) {
                 Ok((ev, collides)) => {
                     let provenance = self.provenance();
                     let raw = raw(self);
@@ -727,7 +1046,7 @@ impl<'a> Decoder<'a, '_> {
                 Err(reason) => self.fail(reason, value, ctx),
             }
         } else if probe.origination_number.0 || probe.message_body.0 || probe.inbound_message_id.0 {
-            match decode_inbound(value, ctx.received_at) {
+            match decode_inbound_with(value, ctx.received_at, self.limits) {
                 Ok((msg, collides)) => {
                     let provenance = self.provenance();
                     let raw = raw(self);
@@ -770,7 +1089,11 @@ impl<'a> Decoder<'a, '_> {
                 ctx,
             );
         }
-        let received = env.timestamp.as_deref().and_then(rfc3339_ms);
+        let received =
+            match self.envelope_time("Timestamp", env.timestamp.as_deref().and_then(rfc3339_ms)) {
+                Ok(t) => t,
+                Err(r) => return self.fail(r, value, ctx),
+            };
         let inner = ctx.inside("sns", received);
         let body = env.message.into_bytes();
         if body.iter().all(|&b| is_ws(b)) {
@@ -798,7 +1121,10 @@ impl<'a> Decoder<'a, '_> {
                 ctx,
             );
         }
-        let received = env.time.as_deref().and_then(rfc3339_ms);
+        let received = match self.envelope_time("time", env.time.as_deref().and_then(rfc3339_ms)) {
+            Ok(t) => t,
+            Err(r) => return self.fail(r, value, ctx),
+        };
         let inner = ctx.inside("eventbridge", received);
         // detail is a sub-slice of value: keep borrowing from the record when we can.
         let offset = detail.as_ptr() as usize - value.as_ptr() as usize;
@@ -810,7 +1136,11 @@ impl<'a> Decoder<'a, '_> {
             Ok(e) => e,
             Err(r) => return self.fail(envelope_reason("firehose", r), value, ctx),
         };
-        let inner = ctx.inside("firehose", batch.timestamp);
+        let received = match self.envelope_time("timestamp", batch.timestamp) {
+            Ok(t) => t,
+            Err(r) => return self.fail(r, value, ctx),
+        };
+        let inner = ctx.inside("firehose", received);
         for (i, rec) in batch.records.iter().enumerate() {
             match base64::engine::general_purpose::STANDARD.decode(rec.data.as_bytes()) {
                 Ok(bytes) if bytes.iter().all(|&b| is_ws(b)) => {

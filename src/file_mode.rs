@@ -10,7 +10,9 @@
 //! `[archive] uri` (a directory or `s3://bucket/prefix`). Each input file is
 //! one source partition (objects named after the file's name and a hash of
 //! its canonical path, partition 0, first record index); dates that the
-//! records do not carry come from the file's modification time. Files are cut
+//! records do not carry come from the file's modification time, which is
+//! also the records' *arrival time*: no time inside them may be later than
+//! it plus `[limits] max_clock_skew` (see [`crate::limits`]). Files are cut
 //! by `max_rows` / `max_bytes` and at the end of each input file, never by
 //! age, so two runs over the same input write the same objects.
 
@@ -267,6 +269,16 @@ impl Sink {
     }
 }
 
+impl Loaded {
+    /// The arrival time of the file's records: its modification time (no
+    /// bound for embedded samples, which have none). It bounds every time
+    /// inside the records (see [`crate::limits`]) but is not the receive
+    /// time of their inbound messages.
+    fn arrival_ms(&self) -> Option<i64> {
+        (self.mtime_ms > 0).then_some(self.mtime_ms)
+    }
+}
+
 /// One input file, read.
 struct Loaded {
     /// The path as given (or the embedded sample's name): the `source` of its records.
@@ -434,7 +446,7 @@ pub fn run_with_archive(
                 offset: index as i64,
                 timestamp_ms: None,
             };
-            core.process(&input.bytes[range], &src, &mut out);
+            core.process_with_arrival(&input.bytes[range], &src, input.arrival_ms(), &mut out);
             sink.write(&out)?;
             if let Some(a) = archive.as_mut() {
                 a.writer.append_outputs(&out, &src, input.mtime_ms)?;

@@ -22,6 +22,7 @@ pub mod enrich;
 pub mod file_mode;
 pub mod generate;
 pub mod kafka;
+pub mod limits;
 pub mod model;
 pub mod money;
 pub mod optout;

@@ -467,7 +467,9 @@ fn running_the_binary_twice_writes_the_same_objects() {
 const TOPIC: &str = "sms-events";
 
 /// The outputs of each record of a generated stream, as partition 0 of
-/// `TOPIC` (record timestamps one second apart).
+/// `TOPIC` (record timestamps one second apart, from 2025-11-05, after the
+/// stream's payload times: a record timestamp is the arrival time that
+/// bounds them).
 fn kafka_stream(g: &Generated) -> Vec<(RecordSource, Outputs)> {
     let cfg = config_with("");
     let mut core = Core::new(&cfg);
@@ -480,7 +482,7 @@ fn kafka_stream(g: &Generated) -> Vec<(RecordSource, Outputs)> {
                 source: source.clone(),
                 partition: Some(0),
                 offset: i as i64,
-                timestamp_ms: Some(1_761_782_400_000 + i as i64 * 1_000),
+                timestamp_ms: Some(1_762_300_800_000 + i as i64 * 1_000),
             };
             let mut out = Outputs::default();
             core.process(r, &src, &mut out);

@@ -875,10 +875,23 @@ fn extra_input() -> Vec<u8> {
         // not an object, unknown payload
         r#"[1,2,3]"#,
         r#"{"hello":"world"}"#,
-        // 100.5 USD SMS in 2025-11 -> alarm sms-5-cents and LIMIT_REACHED
-        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000000,"messageId":"big-1","messageRequestTimestamp":1762099999000,"originationPhoneNumber":"+12125550101","destinationPhoneNumber":"+14255550182","totalMessagePrice":100.5,"totalCarrierFee":0.00302}"#,
+        // 11 SMS of 9.5 USD (under the 10 USD per-message ceiling) in
+        // 2025-11 -> alarm sms-5-cents and LIMIT_REACHED (100 USD)
+        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000000,"messageId":"big-1","messageRequestTimestamp":1762099999000,"originationPhoneNumber":"+12125550101","destinationPhoneNumber":"+14255550182","totalMessagePrice":9.5,"totalCarrierFee":0.00302}"#,
+        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000001,"messageId":"big-2","messageRequestTimestamp":1762099999000,"totalMessagePrice":9.5}{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000002,"messageId":"big-3","messageRequestTimestamp":1762099999000,"totalMessagePrice":9.5}"#,
+        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000003,"messageId":"big-4","messageRequestTimestamp":1762099999000,"totalMessagePrice":9.5}{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000004,"messageId":"big-5","messageRequestTimestamp":1762099999000,"totalMessagePrice":9.5}"#,
+        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000005,"messageId":"big-6","messageRequestTimestamp":1762099999000,"totalMessagePrice":9.5}{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000006,"messageId":"big-7","messageRequestTimestamp":1762099999000,"totalMessagePrice":9.5}"#,
+        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000007,"messageId":"big-8","messageRequestTimestamp":1762099999000,"totalMessagePrice":9.5}{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000008,"messageId":"big-9","messageRequestTimestamp":1762099999000,"totalMessagePrice":9.5}"#,
+        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000009,"messageId":"big-10","messageRequestTimestamp":1762099999000,"totalMessagePrice":9.5}{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000010,"messageId":"big-11","messageRequestTimestamp":1762099999000,"totalMessagePrice":9.5}"#,
         // the same event again -> duplicate
-        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000000,"messageId":"big-1","messageRequestTimestamp":1762099999000,"originationPhoneNumber":"+12125550101","destinationPhoneNumber":"+14255550182","totalMessagePrice":100.5,"totalCarrierFee":0.00302}"#,
+        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000000,"messageId":"big-1","messageRequestTimestamp":1762099999000,"originationPhoneNumber":"+12125550101","destinationPhoneNumber":"+14255550182","totalMessagePrice":9.5,"totalCarrierFee":0.00302}"#,
+        // an absurd price, a time far past the file's arrival, an oversized
+        // id, too many context entries -> invalid_money, invalid_value,
+        // field_too_long, too_many_entries
+        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000000,"messageId":"absurd-1","totalMessagePrice":95820000000000}"#,
+        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":5680281600000,"messageId":"future-1","totalMessagePrice":0.01}"#,
+        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000000,"messageId":"id-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+        r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000000,"messageId":"ctx-1","context":{"a0":"","a1":"","a2":"","a3":"","a4":"","a5":"","a6":"","a7":"","a8":"","a9":"","b0":"","b1":"","b2":"","b3":"","b4":"","b5":"","b6":"","b7":"","b8":"","b9":"","c0":"","c1":"","c2":"","c3":"","c4":"","c5":"","c6":"","c7":"","c8":"","c9":"","d0":"","d1":"","d2":"","d3":"","d4":"","d5":"","d6":"","d7":"","d8":"","d9":"","e0":"","e1":"","e2":"","e3":"","e4":"","e5":"","e6":"","e7":"","e8":"","e9":"","f0":"","f1":"","f2":"","f3":"","f4":"","f5":"","f6":"","f7":"","f8":"","f9":"","g0":"","g1":"","g2":"","g3":"","g4":""}}"#,
         // price correction -> spend falls, alarm back to OK
         r#"{"eventType":"TEXT_DELIVERED","eventTimestamp":1762100005000,"messageId":"big-1","messageRequestTimestamp":1762099999000,"destinationPhoneNumber":"+14255550182","totalMessagePrice":0.01}"#,
         // newer status, nulls, no destination, no request time
@@ -945,6 +958,23 @@ fn file_mode_outputs_match_output_schemas() {
         (
             "a base64 payload",
             dead.iter().any(|d| d["payloadEncoding"] == "base64"),
+        ),
+        (
+            "a time past the arrival",
+            dead.iter()
+                .any(|d| d["reason"] == "invalid_value" && d["field"] == "eventTimestamp"),
+        ),
+        (
+            "a price above the ceiling",
+            dead.iter().any(|d| d["reason"] == "invalid_money"),
+        ),
+        (
+            "a field too long",
+            dead.iter().any(|d| d["reason"] == "field_too_long"),
+        ),
+        (
+            "too many entries",
+            dead.iter().any(|d| d["reason"] == "too_many_entries"),
         ),
     ] {
         assert!(ok, "no dead letter with {what}: {dead:#?}");

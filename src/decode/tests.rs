@@ -1,4 +1,5 @@
 use super::*;
+use crate::limits::Limits;
 use crate::model::Channel;
 
 fn src() -> RecordSource {
@@ -555,4 +556,380 @@ fn null_kind_field_still_picks_the_kind() {
     let dl = dead(br#"{"eventType":null,"eventTimestamp":1762000000950,"messageId":"m"}"#);
     assert_eq!(dl.reason.code(), "wrong_type");
     assert_eq!(dl.reason.field(), Some("eventType"));
+}
+
+// ------------------------------------------------------------ limits
+
+/// Arrival of `src()`: 2025-11-01T12:26:40Z.
+const ARRIVAL: i64 = 1_762_000_000_000;
+const SKEW: i64 = crate::limits::DEFAULT_MAX_CLOCK_SKEW_MS;
+
+fn decode_limited<'a>(bytes: &'a [u8], limits: &Limits) -> Vec<Decoded<'a>> {
+    let mut out = Vec::new();
+    decode_record_with(bytes, &src(), limits, Some(ARRIVAL), &mut out);
+    out
+}
+
+fn dead_limited(bytes: &[u8], limits: &Limits) -> DeadLetter {
+    let d = decode_limited(bytes, limits);
+    assert_eq!(d.len(), 1, "{}", String::from_utf8_lossy(bytes));
+    match &d[0] {
+        Decoded::Dead(dl) => (**dl).clone(),
+        Decoded::Accepted(a) => panic!("accepted {:?}", a.payload),
+    }
+}
+
+fn rfc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .expect("in range")
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+fn event_at(ts: i64, request: i64) -> String {
+    format!(
+        r#"{{"eventType":"TEXT_DELIVERED","eventTimestamp":{ts},"messageId":"m-1","messageRequestTimestamp":{request}}}"#
+    )
+}
+
+fn inbound_json() -> String {
+    r#"{"originationNumber":"+14255550182","destinationNumber":"+12125550101","messageBody":"START"}"#
+        .to_owned()
+}
+
+/// Every place a record carries a time, with the time `t`: (name, record,
+/// field named by the dead letter).
+fn timed_records(t: i64) -> Vec<(&'static str, String, &'static str)> {
+    let ok = ARRIVAL - 1_000;
+    let sns = |payload: &str, ts: i64| {
+        serde_json::json!({"Type":"Notification","Message":payload,"Timestamp":rfc(ts)}).to_string()
+    };
+    let eb = |payload: &str, ts: i64| {
+        format!(
+            r#"{{"detail-type":"x","time":"{}","detail":{payload}}}"#,
+            rfc(ts)
+        )
+    };
+    let fh = |payload: &str, ts: i64| {
+        format!(
+            r#"{{"timestamp":{ts},"records":[{{"data":"{}"}}]}}"#,
+            base64::engine::general_purpose::STANDARD.encode(payload)
+        )
+    };
+    let ev = event_at(ok, ok);
+    let inb = inbound_json();
+    vec![
+        ("eventTimestamp", event_at(t, ok), "eventTimestamp"),
+        (
+            "messageRequestTimestamp",
+            event_at(ok, t),
+            "messageRequestTimestamp",
+        ),
+        ("sns event", sns(&ev, t), "Timestamp"),
+        ("sns inbound", sns(&inb, t), "Timestamp"),
+        ("eventbridge event", eb(&ev, t), "time"),
+        ("firehose event", fh(&ev, t), "timestamp"),
+        ("firehose inbound", fh(&inb, t), "timestamp"),
+        ("sns inside firehose", fh(&sns(&inb, t), ok), "Timestamp"),
+        (
+            "eventTimestamp inside sns inside eventbridge",
+            eb(&sns(&event_at(t, ok), ok), ok),
+            "eventTimestamp",
+        ),
+    ]
+}
+
+#[test]
+fn times_later_than_arrival_plus_skew_are_dead_letters() {
+    let limits = Limits::DEFAULT;
+    // at the bound: accepted
+    for (what, rec, _) in timed_records(ARRIVAL + SKEW) {
+        let d = decode_limited(rec.as_bytes(), &limits);
+        assert_eq!(accepted(&d).len(), 1, "{what} at the bound");
+    }
+    // 1 ms past it, and far in the future (inside the old 2000..2200 range)
+    for t in [ARRIVAL + SKEW + 1, 5_680_281_600_000] {
+        for (what, rec, field) in timed_records(t) {
+            let dl = dead_limited(rec.as_bytes(), &limits);
+            assert_eq!(dl.reason.code(), "invalid_value", "{what}: {:?}", dl.reason);
+            assert_eq!(dl.reason.field(), Some(field), "{what}");
+            assert!(
+                dl.reason.to_string().contains("max_clock_skew"),
+                "{what}: {}",
+                dl.reason
+            );
+            assert_eq!(dl.payload, rec.as_bytes(), "{what}: original bytes");
+        }
+    }
+    // a larger skew accepts them
+    let lax = Limits {
+        max_clock_skew_ms: 1_000 * 86_400_000,
+        ..Limits::DEFAULT
+    };
+    for (what, rec, _) in timed_records(ARRIVAL + SKEW + 1) {
+        assert_eq!(
+            accepted(&decode_limited(rec.as_bytes(), &lax)).len(),
+            1,
+            "{what}"
+        );
+    }
+    // without an arrival time only the range applies
+    for (what, rec, _) in timed_records(5_680_281_600_000) {
+        let mut out = Vec::new();
+        decode_record_with(rec.as_bytes(), &src(), &limits, None, &mut out);
+        assert_eq!(accepted(&out).len(), 1, "{what} without arrival");
+    }
+    // envelope times outside the range are invalid too
+    let dl = dead_limited(
+        format!(r#"{{"timestamp":-5,"records":[{{"data":"{}"}}]}}"#, "e30=").as_bytes(),
+        &limits,
+    );
+    assert_eq!(
+        (dl.reason.code(), dl.reason.field()),
+        ("invalid_value", Some("timestamp"))
+    );
+}
+
+#[test]
+fn record_timestamp_is_the_arrival_time() {
+    // decode_record bounds by src.timestamp_ms
+    let far = event_at(ARRIVAL + SKEW + 1, ARRIVAL);
+    assert_eq!(dead(far.as_bytes()).reason.field(), Some("eventTimestamp"));
+    let mut out = Vec::new();
+    let no_ts = RecordSource {
+        timestamp_ms: None,
+        ..src()
+    };
+    decode_record(far.as_bytes(), &no_ts, &mut out);
+    assert_eq!(accepted(&out).len(), 1);
+}
+
+#[test]
+fn cost_ceiling_per_channel() {
+    let limits = Limits::DEFAULT; // 10 USD
+    let ev = |ty: &str, price: &str, fee: Option<&str>| {
+        let fee = fee.map_or(String::new(), |f| format!(r#","totalCarrierFee":{f}"#));
+        format!(
+            r#"{{"eventType":"{ty}","eventTimestamp":1762000000950,"messageId":"m-1","totalMessagePrice":{price}{fee}}}"#
+        )
+    };
+    for ok in [
+        ev("TEXT_DELIVERED", "10", None),
+        ev("TEXT_DELIVERED", "9.99", Some("0.01")),
+        ev("VOICE_COMPLETED", "1e1", None),
+    ] {
+        assert_eq!(
+            accepted(&decode_limited(ok.as_bytes(), &limits)).len(),
+            1,
+            "{ok}"
+        );
+    }
+    for (bad, field) in [
+        (
+            ev("TEXT_DELIVERED", "10.0000000001", None),
+            "totalMessagePrice",
+        ),
+        (
+            ev("TEXT_DELIVERED", "95820000000000", None),
+            "totalMessagePrice",
+        ),
+        (ev("MEDIA_DELIVERED", "1.3e23", None), "totalMessagePrice"),
+        (ev("TEXT_DELIVERED", "0.005", Some("11")), "totalCarrierFee"),
+        (
+            ev("TEXT_DELIVERED", "9.99", Some("0.02")),
+            "totalMessagePrice",
+        ),
+    ] {
+        let dl = dead_limited(bad.as_bytes(), &limits);
+        assert_eq!(dl.reason.code(), "invalid_money", "{bad}");
+        assert_eq!(dl.reason.field(), Some(field), "{bad}");
+        assert!(dl.reason.to_string().contains("ceiling"), "{}", dl.reason);
+    }
+    // per-channel override
+    let cfg = crate::config::Config::from_toml(
+        "[spend.max_message_cost_usd_per_channel]\nVOICE = \"50\"\nSMS = \"1\"\n",
+        "t",
+    )
+    .expect("valid");
+    let l = Limits::new(&cfg);
+    assert_eq!(
+        accepted(&decode_limited(
+            ev("VOICE_COMPLETED", "49", None).as_bytes(),
+            &l
+        ))
+        .len(),
+        1
+    );
+    assert_eq!(
+        dead_limited(ev("TEXT_DELIVERED", "2", None).as_bytes(), &l)
+            .reason
+            .code(),
+        "invalid_money"
+    );
+    assert_eq!(
+        accepted(&decode_limited(
+            ev("MEDIA_DELIVERED", "2", None).as_bytes(),
+            &l
+        ))
+        .len(),
+        1
+    );
+}
+
+#[test]
+fn sizes_are_bounded() {
+    let limits = Limits::DEFAULT;
+    let long = |n: usize| "x".repeat(n);
+    let ctx = |entries: usize, klen: usize, vlen: usize| {
+        let mut m = serde_json::Map::new();
+        for i in 0..entries {
+            m.insert(format!("{i:0klen$}"), serde_json::Value::String(long(vlen)));
+        }
+        serde_json::Value::Object(m).to_string()
+    };
+    let inbound = |field: &str, value: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(&inbound_json()).expect("json");
+        v[field] = serde_json::Value::String(value.to_owned());
+        v.to_string()
+    };
+    // (record, reason, field)
+    let cases: Vec<(String, &str, Option<String>)> = vec![
+        (
+            format!(
+                r#"{{"eventType":"TEXT_DELIVERED","eventTimestamp":1762000000950,"messageId":"{}"}}"#,
+                long(100_000)
+            ),
+            "field_too_long",
+            Some("messageId".into()),
+        ),
+        (
+            format!(
+                r#"{{"eventType":"TEXT_{}","eventTimestamp":1762000000950,"messageId":"m"}}"#,
+                long(200)
+            ),
+            "field_too_long",
+            Some("eventType".into()),
+        ),
+        (
+            with("destinationPhoneNumber", &format!("\"+1{}\"", long(200))),
+            "field_too_long",
+            Some("destinationPhoneNumber".into()),
+        ),
+        (
+            with("context", &ctx(65, 3, 1)),
+            "too_many_entries",
+            Some("context".into()),
+        ),
+        (
+            with("context", &ctx(1, 1, 1025)),
+            "field_too_long",
+            Some("context.0".into()),
+        ),
+        (
+            with("context", &ctx(1, 1025, 1)),
+            "field_too_long",
+            Some("context".into()),
+        ),
+        (
+            inbound("messageBody", &long(8193)),
+            "field_too_long",
+            Some("messageBody".into()),
+        ),
+        (
+            inbound("inboundMessageId", &long(129)),
+            "field_too_long",
+            Some("inboundMessageId".into()),
+        ),
+        (
+            inbound("destinationNumber", &long(129)),
+            "field_too_long",
+            Some("destinationNumber".into()),
+        ),
+        (
+            inbound("originationNumber", &long(100_000)),
+            "field_too_long",
+            Some("originationNumber".into()),
+        ),
+        (
+            with("x", &format!("{}1{}", "[".repeat(33), "]".repeat(33))),
+            "nesting_too_deep",
+            None,
+        ),
+    ];
+    for (rec, code, field) in &cases {
+        let dl = dead_limited(rec.as_bytes(), &limits);
+        assert_eq!(dl.reason.code(), *code, "{:?}", dl.reason);
+        assert_eq!(dl.reason.field(), field.as_deref(), "{:?}", dl.reason);
+        assert!(
+            dl.reason.to_string().len() < 400,
+            "bounded detail: {}",
+            dl.reason
+        );
+    }
+    // at the limits: accepted
+    for rec in [
+        format!(
+            r#"{{"eventType":"TEXT_DELIVERED","eventTimestamp":1762000000950,"messageId":"{}"}}"#,
+            long(128)
+        ),
+        with("context", &ctx(64, 2, 1024)),
+        inbound("messageBody", &long(8192)),
+        with("x", &format!("{}1{}", "[".repeat(31), "]".repeat(31))),
+    ] {
+        assert_eq!(accepted(&decode_limited(rec.as_bytes(), &limits)).len(), 1);
+    }
+    // brackets inside strings do not count
+    let deep_text = with("x", &format!("\"{}\"", "[{".repeat(100)));
+    assert_eq!(
+        accepted(&decode_limited(deep_text.as_bytes(), &limits)).len(),
+        1
+    );
+    // deep JSON inside an SNS message: the inner text is checked
+    let deep = with("x", &format!("{}1{}", "[".repeat(40), "]".repeat(40)));
+    let sns = serde_json::json!({"Type":"Notification","Message":deep}).to_string();
+    let dl = dead_limited(sns.as_bytes(), &limits);
+    assert_eq!(
+        (dl.reason.code(), dl.envelopes.clone()),
+        ("nesting_too_deep", vec!["sns"])
+    );
+    assert_eq!(dl.inner_payload.as_deref(), Some(deep.as_bytes()));
+}
+
+#[test]
+fn oversized_record_keeps_a_bounded_prefix() {
+    let limits = Limits {
+        max_record_bytes: 10_000,
+        ..Limits::DEFAULT
+    };
+    let ok = with("x", &format!("\"{}\"", "é".repeat(4_900)));
+    assert!(ok.len() <= 10_000);
+    assert_eq!(accepted(&decode_limited(ok.as_bytes(), &limits)).len(), 1);
+    let big = with("x", &format!("\"{}\"", "é".repeat(5_100)));
+    let dl = dead_limited(big.as_bytes(), &limits);
+    assert_eq!(dl.reason.code(), "record_too_large");
+    assert_eq!(dl.reason.field(), None);
+    assert!(dl.payload.len() <= crate::limits::OVERSIZED_PAYLOAD_KEPT);
+    assert!(big.as_bytes().starts_with(&dl.payload));
+    assert!(
+        std::str::from_utf8(&dl.payload).is_ok(),
+        "cut at a character boundary"
+    );
+    let detail = dl.reason.to_string();
+    assert!(
+        detail.contains(&big.len().to_string()) && detail.contains("first"),
+        "{detail}"
+    );
+    // a concatenated record is one record: all of it is dead-lettered once
+    let two = format!("{MIN_EVENT}{big}");
+    assert_eq!(decode_limited(two.as_bytes(), &limits).len(), 1);
+}
+
+#[test]
+fn json_depth_scan() {
+    assert!(!json_too_deep(b"{}", 1));
+    assert!(json_too_deep(b"{\"a\":{}}", 1));
+    assert!(!json_too_deep(b"{\"a\":\"{{{{\\\"{{\"}", 1));
+    assert!(!json_too_deep(b"[[]]", 2));
+    assert!(json_too_deep(b"[[[]]]", 2));
+    assert!(!json_too_deep(b"[][][][][][][]", 1));
 }

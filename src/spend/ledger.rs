@@ -50,6 +50,15 @@
 //! dropped (one sweep per month that closes, not per event); its totals are
 //! kept and are **final**.
 //!
+//! Only `eventTimestamp`s move the watermark, and the decoder dead-letters
+//! any that is later than its record's arrival time plus the clock-skew
+//! allowance (`[limits] max_clock_skew`, see [`crate::limits`]); so data can
+//! push the watermark at most that far past the newest arrival time, and a
+//! month closes only once records have really arrived after its end plus
+//! the receipt window minus the skew. The cost of one event is bounded by
+//! the per-message ceiling the same way, so neither a count nor a
+//! correction can exceed it.
+//!
 //! A closed month whose entries were dropped is **sealed**. An event whose
 //! attribution month is sealed and whose message has no entry (it was dropped
 //! with its month) is **not counted**: it is reported with `late = true` and
