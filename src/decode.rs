@@ -493,6 +493,8 @@ struct RawInbound {
     opt_out_list: Present,
     #[serde(default)]
     opted_out: Present,
+    #[serde(default)]
+    state_unchanged: Present,
 }
 
 #[derive(Deserialize)]
@@ -902,6 +904,7 @@ pub fn decode_inbound_with(
         r.action,
         r.opt_out_list,
         r.opted_out,
+        r.state_unchanged,
     ]
     .iter()
     .any(|p| p.0);

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use crate::dead_letter::DeadLetter;
 use crate::model::{Channel, DeliveryEvent, InboundMessage, Provenance, StatusClass};
 use crate::money::Usd;
-use crate::optout::{InboundAction, InboundOutcome, OptOutChange, Reply};
+use crate::optout::{InboundAction, InboundOutcome, OptOutChange, Reply, StateUnchanged};
 use crate::spend::{AlarmRecord, LedgerOutcome, MonthKey};
 
 /// Keys appended to delivery events.
@@ -34,8 +34,19 @@ pub const EVENT_KEYS: [&str; 10] = [
     "lateReceipt",
 ];
 
-/// Keys appended to inbound messages.
-pub const INBOUND_KEYS: [&str; 5] = ["recordId", "keyword", "action", "optOutList", "optedOut"];
+/// Keys appended to inbound messages (`stateUnchanged` only when it applies,
+/// see [`INBOUND_OPTIONAL_KEYS`]).
+pub const INBOUND_KEYS: [&str; 6] = [
+    "recordId",
+    "keyword",
+    "action",
+    "optOutList",
+    "optedOut",
+    "stateUnchanged",
+];
+
+/// The keys of [`INBOUND_KEYS`] that are not always written.
+pub const INBOUND_OPTIONAL_KEYS: [&str; 1] = ["stateUnchanged"];
 
 /// What the core adds to a delivery event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -78,6 +89,10 @@ pub struct InboundEnrichment {
     pub opt_out_list: String,
     /// The sender's state in that list after processing.
     pub opted_out: bool,
+    /// Only for an opt-out or opt-in that left the state as it was: why
+    /// (`already_opted_out`, `newer_opt_in`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_unchanged: Option<StateUnchanged>,
 }
 
 impl EventEnrichment {
@@ -116,6 +131,7 @@ impl InboundEnrichment {
             action: outcome.action,
             opt_out_list: outcome.opt_out_list.clone(),
             opted_out: outcome.opted_out,
+            state_unchanged: outcome.state_unchanged,
         }
     }
 }

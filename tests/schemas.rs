@@ -23,7 +23,7 @@ use smsvoice::config::{Config, EMBEDDED_DEFAULT};
 use smsvoice::core::Core;
 use smsvoice::dead_letter::Reason;
 use smsvoice::decode::{decode_record, split_values, Decoded, RecordSource, Segment};
-use smsvoice::enrich::{Outputs, EVENT_KEYS, INBOUND_KEYS};
+use smsvoice::enrich::{Outputs, EVENT_KEYS, INBOUND_KEYS, INBOUND_OPTIONAL_KEYS};
 use smsvoice::file_mode::{self, files, Input};
 use smsvoice::model::{Channel, Payload};
 
@@ -300,10 +300,26 @@ fn schemas_agree_with_the_code_lists() {
     );
 
     let inb = schema_json(ENRICHED_INBOUND);
+    let inb_required: Vec<&str> = INBOUND_KEYS
+        .iter()
+        .copied()
+        .filter(|k| !INBOUND_OPTIONAL_KEYS.contains(k))
+        .collect();
     assert_eq!(
         string_set(&inb["required"], "enriched-inbound required"),
+        sorted(&inb_required),
+        "enriched-inbound.schema.json required keys differ from enrich::INBOUND_KEYS without INBOUND_OPTIONAL_KEYS"
+    );
+    let inb_props: Vec<&str> = inb["properties"]
+        .as_object()
+        .expect("enriched-inbound properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        sorted(&inb_props),
         sorted(&INBOUND_KEYS),
-        "enriched-inbound.schema.json required keys differ from enrich::INBOUND_KEYS"
+        "enriched-inbound properties"
     );
 
     let channels: Vec<&str> = Channel::ALL.iter().map(|c| c.as_str()).collect();
@@ -892,6 +908,8 @@ fn extra_input() -> Vec<u8> {
         r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":5680281600000,"messageId":"future-1","totalMessagePrice":0.01}"#,
         r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000000,"messageId":"id-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
         r#"{"eventType":"TEXT_SUCCESSFUL","eventTimestamp":1762100000000,"messageId":"ctx-1","context":{"a0":"","a1":"","a2":"","a3":"","a4":"","a5":"","a6":"","a7":"","a8":"","a9":"","b0":"","b1":"","b2":"","b3":"","b4":"","b5":"","b6":"","b7":"","b8":"","b9":"","c0":"","c1":"","c2":"","c3":"","c4":"","c5":"","c6":"","c7":"","c8":"","c9":"","d0":"","d1":"","d2":"","d3":"","d4":"","d5":"","d6":"","d7":"","d8":"","d9":"","e0":"","e1":"","e2":"","e3":"","e4":"","e5":"","e6":"","e7":"","e8":"","e9":"","f0":"","f1":"","f2":"","f3":"","f4":"","f5":"","f6":"","f7":"","f8":"","f9":"","g0":"","g1":"","g2":"","g3":"","g4":""}}"#,
+        // a STOP again from an opted-out customer -> stateUnchanged
+        r#"{"originationNumber":"+14255550166","destinationNumber":"+18445550100","messageBody":"STOP again"}"#,
         // price correction -> spend falls, alarm back to OK
         r#"{"eventType":"TEXT_DELIVERED","eventTimestamp":1762100005000,"messageId":"big-1","messageRequestTimestamp":1762099999000,"destinationPhoneNumber":"+14255550182","totalMessagePrice":0.01}"#,
         // newer status, nulls, no destination, no request time
@@ -979,6 +997,11 @@ fn file_mode_outputs_match_output_schemas() {
     ] {
         assert!(ok, "no dead letter with {what}: {dead:#?}");
     }
+    let inbound = fs::read_to_string(out_dir.join(files::INBOUND)).expect("inbound");
+    assert!(
+        inbound.contains("\"stateUnchanged\":\"already_opted_out\""),
+        "no enriched inbound with stateUnchanged:\n{inbound}"
+    );
 }
 
 /// The values the core writes to changelogs (opt-out changes, spend records).
@@ -1056,6 +1079,11 @@ fn output_schemas_reject_broken_records() {
         "messageBody": "STOP", "recordId": "in:3:0", "keyword": "STOP", "action": "OPT_OUT",
         "optOutList": "Marketing", "optedOut": true
     });
+    let unchanged = json!({
+        "originationNumber": "+14255550182", "destinationNumber": "+12125550101",
+        "messageBody": "STOP", "recordId": "in:3:0", "keyword": "STOP", "action": "OPT_OUT",
+        "optOutList": "Marketing", "optedOut": false, "stateUnchanged": "newer_opt_in"
+    });
     let alarm = json!({
         "recordType": "ALARM_STATE_CHANGE", "id": "alarm:sms-5-cents:2023-06:1",
         "alarmName": "sms-5-cents", "channel": "SMS", "month": "2023-06",
@@ -1102,6 +1130,7 @@ fn output_schemas_reject_broken_records() {
     let valid: Vec<(&str, &Value)> = vec![
         (ENRICHED_EVENT, &event),
         (ENRICHED_INBOUND, &inbound),
+        (ENRICHED_INBOUND, &unchanged),
         (ALARM, &alarm),
         (ALARM, &limit),
         (REPLY, &reply),
@@ -1232,6 +1261,39 @@ fn output_schemas_reject_broken_records() {
             ENRICHED_INBOUND,
             "customer not E.164",
             set(&inbound, "/originationNumber", json!("+0")),
+        ),
+        (
+            ENRICHED_INBOUND,
+            "unknown stateUnchanged",
+            set(&unchanged, "/stateUnchanged", json!("because")),
+        ),
+        (
+            ENRICHED_INBOUND,
+            "newer_opt_in but opted out",
+            set(&unchanged, "/optedOut", json!(true)),
+        ),
+        (
+            ENRICHED_INBOUND,
+            "already_opted_out but opted in",
+            set(&unchanged, "/stateUnchanged", json!("already_opted_out")),
+        ),
+        (
+            ENRICHED_INBOUND,
+            "newer_opt_out on an opt-out",
+            set(
+                &set(&unchanged, "/stateUnchanged", json!("newer_opt_out")),
+                "/optedOut",
+                json!(true),
+            ),
+        ),
+        (
+            ENRICHED_INBOUND,
+            "stateUnchanged on HELP",
+            set(
+                &set(&unchanged, "/action", json!("HELP")),
+                "/keyword",
+                json!("HELP"),
+            ),
         ),
         (
             ALARM,

@@ -8,7 +8,13 @@
 //! * Inbound order is not guaranteed, so each stored entry remembers the
 //!   `received_at` (`as_of`) and `inboundMessageId` (`cause`) of the message
 //!   that decided it, and an older decision arriving later does not override
-//!   a newer one (see [`OptOutEngine::handle_inbound`]).
+//!   a newer one (see [`OptOutEngine::handle_inbound`]). The rule **fails
+//!   safe**: at equal receive times the opt-out wins, and a receive time can
+//!   never be later than the record's arrival plus the clock skew (the
+//!   decoder dead-letters it), so no record can make later decisions look
+//!   older.
+//! * No reply is ever addressed to one of our own numbers (a HELP or
+//!   auto-response loop between two of our numbers would bill forever).
 //! * Self-managed numbers get their replies ([`Reply`]) from here; other
 //!   numbers are answered by the service, but their state is still kept.
 
@@ -100,6 +106,36 @@ pub struct Reply {
     pub in_reply_to: Option<String>,
 }
 
+/// Why an opt-out or opt-in left the customer's state as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateUnchanged {
+    /// An opt-out for a customer already opted out.
+    AlreadyOptedOut,
+    /// An opt-in for a customer not opted out.
+    AlreadyOptedIn,
+    /// An opt-out older than the stored opt-in (by receive time).
+    NewerOptIn,
+    /// An opt-in older than the stored opt-out (by receive time).
+    NewerOptOut,
+    /// An opt-in received at the same time as the stored opt-out: the
+    /// opt-out wins ties.
+    OptOutWinsTie,
+}
+
+impl StateUnchanged {
+    /// The name used in records (`already_opted_out`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StateUnchanged::AlreadyOptedOut => "already_opted_out",
+            StateUnchanged::AlreadyOptedIn => "already_opted_in",
+            StateUnchanged::NewerOptIn => "newer_opt_in",
+            StateUnchanged::NewerOptOut => "newer_opt_out",
+            StateUnchanged::OptOutWinsTie => "opt_out_wins_tie",
+        }
+    }
+}
+
 /// What handling one inbound message did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboundOutcome {
@@ -111,6 +147,9 @@ pub struct InboundOutcome {
     pub opt_out_list: String,
     /// Whether the customer is opted out of that list after processing.
     pub opted_out: bool,
+    /// For an opt-out or opt-in that left the state as it was: why. `None`
+    /// for every other action and when the state changed.
+    pub state_unchanged: Option<StateUnchanged>,
     /// `Some` only when the stored entry changed (see
     /// [`OptOutEngine::handle_inbound`]); to be written to the changelog.
     pub change: Option<OptOutChange>,
@@ -272,23 +311,29 @@ struct Entry {
 }
 
 impl Entry {
-    /// Does a decision `(as_of, cause)` override this stored one?
+    /// Does a decision `(opted_out, as_of, cause)` override this stored one?
     ///
     /// A decision with no time overrides (processing order). Otherwise it
-    /// overrides a stored entry with no time, an older one, or one of the same
-    /// time whose cause is smaller (`None` < `Some`, then text order).
-    fn overridden_by(&self, as_of: Option<i64>, cause: Option<&CauseId>) -> bool {
+    /// overrides a stored entry with no time, an older one, or one of the
+    /// same time that it beats on `(opted_out, cause)`: **the opt-out wins a
+    /// tie** (fail safe), and between two decisions of the same state and
+    /// time the greater cause is kept (`None` < `Some`, then text order), so
+    /// the stored entry does not depend on arrival order.
+    fn overridden_by(&self, opted_out: bool, as_of: Option<i64>, cause: Option<&CauseId>) -> bool {
         match (as_of, self.as_of) {
             (None, _) | (Some(_), None) => true,
-            (Some(t), Some(s)) => match t.cmp(&s) {
-                Ordering::Greater => true,
-                Ordering::Less => false,
-                Ordering::Equal => match (cause, self.cause.as_ref()) {
-                    (Some(a), Some(b)) => a.cmp_text(b) == Ordering::Greater,
-                    (Some(_), None) => true,
-                    (None, _) => false,
-                },
-            },
+            (Some(t), Some(s)) => {
+                let by_cause = || match (cause, self.cause.as_ref()) {
+                    (Some(a), Some(b)) => a.cmp_text(b),
+                    (Some(_), None) => Ordering::Greater,
+                    (None, Some(_)) => Ordering::Less,
+                    (None, None) => Ordering::Equal,
+                };
+                t.cmp(&s)
+                    .then(opted_out.cmp(&self.opted_out))
+                    .then_with(by_cause)
+                    == Ordering::Greater
+            }
         }
     }
 }
@@ -306,6 +351,8 @@ struct Decision {
     changed: bool,
     /// Stored opted-out state afterwards.
     opted_out: bool,
+    /// Why the state is the same as before, if it is.
+    unchanged: Option<StateUnchanged>,
 }
 
 impl ListState {
@@ -322,18 +369,40 @@ impl ListState {
             as_of,
             cause,
         };
+        let already = if opted_out {
+            StateUnchanged::AlreadyOptedOut
+        } else {
+            StateUnchanged::AlreadyOptedIn
+        };
         match self.entries.get_mut(number) {
             Some(e) => {
-                if e.overridden_by(new.as_of, new.cause.as_ref()) && *e != new {
+                let before = e.opted_out;
+                if e.overridden_by(new.opted_out, new.as_of, new.cause.as_ref()) && *e != new {
                     *e = new;
                     Decision {
                         changed: true,
                         opted_out,
+                        unchanged: (before == opted_out).then_some(already),
                     }
-                } else {
+                } else if before == opted_out {
                     Decision {
                         changed: false,
-                        opted_out: e.opted_out,
+                        opted_out: before,
+                        unchanged: Some(already),
+                    }
+                } else {
+                    // Overridden by a stored decision of the other state.
+                    let why = if opted_out {
+                        StateUnchanged::NewerOptIn
+                    } else if e.as_of == new.as_of {
+                        StateUnchanged::OptOutWinsTie
+                    } else {
+                        StateUnchanged::NewerOptOut
+                    };
+                    Decision {
+                        changed: false,
+                        opted_out: before,
+                        unchanged: Some(why),
                     }
                 }
             }
@@ -342,6 +411,8 @@ impl ListState {
                 Decision {
                     changed: true,
                     opted_out,
+                    // A number with no entry is not opted out.
+                    unchanged: (!opted_out).then_some(already),
                 }
             }
         }
@@ -387,6 +458,9 @@ pub struct OptOutEngine {
     numbers: HashMap<Box<str>, NumberSettings>,
     /// Settings of numbers that are not configured.
     unconfigured: NumberSettings,
+    /// Our own numbers and origination identities (every one named in
+    /// `[optout]`): never the addressee of a reply.
+    own: std::collections::HashSet<Box<str>>,
 }
 
 impl OptOutEngine {
@@ -403,7 +477,15 @@ impl OptOutEngine {
             origination_lists: HashMap::new(),
             numbers: HashMap::new(),
             unconfigured: NumberSettings::unconfigured(),
+            own: std::collections::HashSet::new(),
         };
+        let own = cfg
+            .lists
+            .iter()
+            .flat_map(|l| l.originations.iter())
+            .chain(cfg.numbers.iter().map(|n| &n.number))
+            .chain(cfg.keywords.iter().map(|k| &k.origination));
+        engine.own = own.map(|n| n.as_str().into()).collect();
         engine.intern_list(DEFAULT_LIST);
         for list in &cfg.lists {
             let id = engine.intern_list(&list.name);
@@ -471,9 +553,13 @@ impl OptOutEngine {
     ///
     /// `OPT_OUT` / `OPT_IN` decide the customer's state. A decision with
     /// `received_at = Some(t)` overrides the stored one only when the stored
-    /// `as_of` is unknown, older than `t`, or equal to `t` with a smaller
-    /// `inboundMessageId` (`None` < `Some`); a decision with `received_at =
-    /// None` always overrides (processing order). The stored entry keeps the
+    /// `as_of` is unknown or older than `t`, or equal to `t` and the decision
+    /// is an opt-out over a stored opt-in (**the opt-out wins a tie**), or of
+    /// the same state with a greater `inboundMessageId` (`None` < `Some`); a
+    /// decision with `received_at = None` always overrides (processing
+    /// order). `state_unchanged` says why an opt-out or opt-in left the state
+    /// as it was (already in that state, overridden by a newer opposite
+    /// decision, or an opt-in tied with a stored opt-out). The stored entry keeps the
     /// time and id of the message that decided it, even when the state itself
     /// is unchanged (a newer `STOP` while opted out refreshes `as_of`), so
     /// `change` is `Some` whenever the stored entry (state, `as_of` or `cause`)
@@ -486,7 +572,10 @@ impl OptOutEngine {
     /// response. No reply is produced when it would contradict the stored
     /// state: an opt-out or opt-in overridden by a newer opposite decision
     /// (that message had its own reply), or an automatic response to a
-    /// customer who is opted out of the list. `HELP` is always answered.
+    /// customer who is opted out of the list. `HELP` is always answered,
+    /// except that nothing is ever sent to one of our own numbers
+    /// ([`is_own_number`](Self::is_own_number)) or back to the number the
+    /// message was sent to.
     pub fn handle_inbound(&mut self, msg: &InboundMessage) -> InboundOutcome {
         let customer = msg.origination_number.as_str();
         let ours = msg.destination_number.as_str();
@@ -501,12 +590,13 @@ impl OptOutEngine {
                 action,
                 opt_out_list: DEFAULT_LIST.to_owned(),
                 opted_out: false,
+                state_unchanged: None,
                 change: None,
                 reply: None,
             };
         };
 
-        let (opted_out, change) = match action {
+        let (opted_out, unchanged, change) = match action {
             InboundAction::OptOut | InboundAction::OptIn => {
                 let want = action == InboundAction::OptOut;
                 let d = list.decide(
@@ -522,15 +612,20 @@ impl OptOutEngine {
                     as_of: msg.received_at,
                     cause: msg.inbound_message_id.clone(),
                 });
-                (d.opted_out, change)
+                (d.opted_out, d.unchanged, change)
             }
             _ => (
                 list.entries.get(customer).is_some_and(|e| e.opted_out),
                 None,
+                None,
             ),
         };
 
-        let reply = if settings.self_managed {
+        // A message from one of our own numbers (or from the number it was
+        // sent to) gets no reply: two of our numbers answering each other
+        // would loop and bill forever. Its state is still kept.
+        let own_sender = customer == ours || self.own.contains(customer);
+        let reply = if settings.self_managed && !own_sender {
             reply_body(settings, &class, opted_out).map(|body| Reply {
                 to: customer.to_owned(),
                 from: ours.to_owned(),
@@ -548,9 +643,16 @@ impl OptOutEngine {
             action,
             opt_out_list: list.name.to_string(),
             opted_out,
+            state_unchanged: unchanged,
             change,
             reply,
         }
+    }
+
+    /// Is `number` one of our own numbers or origination identities (named
+    /// in `[optout]`)? Replies are never addressed to one.
+    pub fn is_own_number(&self, number: &str) -> bool {
+        self.own.contains(number)
     }
 
     /// is `destination` opted out of the list linked to `origination`
@@ -968,17 +1070,34 @@ response = "tf info"
     }
 
     #[test]
-    fn equal_times_tie_break_on_message_id() {
-        // greater id wins whatever the arrival order
-        for order in [["a", "b"], ["b", "a"]] {
-            let mut e = engine();
-            for id in order {
-                let body = if id == "b" { "STOP" } else { "START" };
-                e.handle_inbound(&msg_at(CUST, SVC, body, Some(7), Some(id)));
+    fn equal_times_opt_out_wins() {
+        // STOP and START with the same receive time: the opt-out wins,
+        // whatever the arrival order and whatever the ids
+        for (stop_id, start_id) in [("a", "b"), ("b", "a"), ("x", "x")] {
+            for stop_first in [true, false] {
+                let mut e = engine();
+                let stop = msg_at(CUST, SVC, "STOP", Some(7), Some(stop_id));
+                let start = msg_at(CUST, SVC, "START", Some(7), Some(start_id));
+                let (first, second) = if stop_first {
+                    (stop, start)
+                } else {
+                    (start, stop)
+                };
+                e.handle_inbound(&first);
+                let o = e.handle_inbound(&second);
+                assert!(o.opted_out, "{stop_id} {start_id} {stop_first}");
+                assert!(e.is_opted_out(SVC, CUST));
+                if stop_first {
+                    assert_eq!(o.state_unchanged, Some(StateUnchanged::OptOutWinsTie));
+                    assert!(o.change.is_none());
+                } else {
+                    assert_eq!(o.state_unchanged, None);
+                    assert!(o.change.is_some());
+                }
             }
-            assert!(e.is_opted_out(SVC, CUST), "{order:?}");
         }
-        // None < Some
+        // None < Some among decisions of the same state and time; an untimed
+        // START against a timed STOP of the same time never wins the tie
         let mut e = engine();
         e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(7), Some("x")));
         let o = e.handle_inbound(&msg_at(CUST, SVC, "START", Some(7), None));
@@ -990,23 +1109,88 @@ response = "tf info"
         // the very same message again changes nothing
         let o = e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(7), Some("x")));
         assert!(o.opted_out && o.change.is_none());
-        // UUIDs compare as their text, inline or not
+        assert_eq!(o.state_unchanged, Some(StateUnchanged::AlreadyOptedOut));
+        // between two STOPs of the same time the greater id is kept as the
+        // cause, whatever the order; UUIDs compare as their text
         let (lo, hi) = (
             "0f8fad5b-d9cb-469f-a165-70867728950e",
             "7c9e6679-7425-40de-944b-e07fc1f90ae7",
         );
-        for (first, second, stop_wins) in [
-            (hi, lo, true),
-            (lo, hi, false),
-            (hi, "0-not-a-uuid", true),
-            ("0-not-a-uuid", hi, false),
-            ("Z-not-a-uuid", hi, true),
+        for (first, second, kept) in [
+            (hi, lo, hi),
+            (lo, hi, hi),
+            (hi, "0-not-a-uuid", hi),
+            ("0-not-a-uuid", hi, hi),
+            ("Z-not-a-uuid", hi, "Z-not-a-uuid"),
         ] {
             let mut e = engine();
-            e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(1), Some(first)));
-            e.handle_inbound(&msg_at(CUST, SVC, "START", Some(1), Some(second)));
-            assert_eq!(e.is_opted_out(SVC, CUST), stop_wins, "{first} {second}");
+            let a = e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(1), Some(first)));
+            let b = e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(1), Some(second)));
+            let cause = b.change.or(a.change).and_then(|c| c.cause);
+            assert_eq!(cause.as_deref(), Some(kept), "{first} {second}");
+            assert!(e.is_opted_out(SVC, CUST));
         }
+    }
+
+    #[test]
+    fn state_unchanged_says_why() {
+        let mut e = engine();
+        // a first START: nothing to opt back in from
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "START", Some(10), Some("a")));
+        assert_eq!(o.state_unchanged, Some(StateUnchanged::AlreadyOptedIn));
+        // STOP changes the state
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(20), Some("b")));
+        assert_eq!((o.opted_out, o.state_unchanged), (true, None));
+        // a newer STOP: already opted out (the entry is refreshed)
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(30), Some("c")));
+        assert_eq!(o.state_unchanged, Some(StateUnchanged::AlreadyOptedOut));
+        assert!(o.change.is_some());
+        // an older START: the newer opt-out stands
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "START", Some(25), Some("d")));
+        assert_eq!(
+            (o.opted_out, o.state_unchanged),
+            (true, Some(StateUnchanged::NewerOptOut))
+        );
+        // a newer START opts in
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "START", Some(40), Some("e")));
+        assert_eq!((o.opted_out, o.state_unchanged), (false, None));
+        // an older STOP: the newer opt-in stands, and says so
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "STOP", Some(35), Some("f")));
+        assert_eq!(
+            (o.opted_out, o.state_unchanged),
+            (false, Some(StateUnchanged::NewerOptIn))
+        );
+        // HELP and plain text say nothing about state changes
+        let o = e.handle_inbound(&msg_at(CUST, SVC, "HELP", Some(50), Some("g")));
+        assert_eq!(o.state_unchanged, None);
+        assert_eq!(StateUnchanged::NewerOptIn.as_str(), "newer_opt_in");
+        assert_eq!(
+            serde_json::to_value(StateUnchanged::OptOutWinsTie).expect("json"),
+            "opt_out_wins_tie"
+        );
+    }
+
+    #[test]
+    fn no_reply_to_our_own_numbers() {
+        let mut e = engine();
+        // TF and MK are both ours and self-managed: HELP, STOP and START
+        // between them would answer each other for ever
+        for body in ["HELP", "STOP", "START", "hours", "join"] {
+            let o = e.handle_inbound(&msg_at(TF, MK, body, Some(1), None));
+            assert_eq!(o.reply, None, "{body} from TF to MK");
+            let o = e.handle_inbound(&msg_at(MK, TF, body, Some(1), None));
+            assert_eq!(o.reply, None, "{body} from MK to TF");
+        }
+        // a message from the number it was sent to
+        let o = e.handle_inbound(&msg(TF, TF, "HELP"));
+        assert_eq!(o.reply, None);
+        // state is still kept
+        e.handle_inbound(&msg_at(SVC, MK, "STOP", Some(5), None));
+        assert!(e.is_opted_out(MK, SVC));
+        assert!(e.is_own_number(SVC) && e.is_own_number(MK) && !e.is_own_number(CUST));
+        // customers are still answered
+        let o = e.handle_inbound(&msg(CUST, MK, "HELP"));
+        assert!(o.reply.is_some());
     }
 
     #[test]
@@ -1206,9 +1390,9 @@ response = "tf info"
             prop_assert_eq!(r.entries(), e.entries());
         }
 
-        /// With equal timestamps the greatest (time, id) wins.
+        /// With equal timestamps the opt-out wins.
         #[test]
-        fn ties_break_on_id(
+        fn ties_go_to_the_opt_out(
             (msgs, order) in prop::collection::vec((any::<bool>(), 0i64..4), 1..16)
                 .prop_flat_map(|msgs| {
                     let n = msgs.len();
@@ -1216,10 +1400,11 @@ response = "tf info"
                 })
         ) {
             let id = |i: usize| format!("id{i:03}");
+            // the greatest (time, opt-out, id) wins: the opt-out wins ties
             let expected = msgs
                 .iter()
                 .enumerate()
-                .max_by_key(|(i, (_, t))| (*t, id(*i)))
+                .max_by_key(|(i, (stop, t))| (*t, *stop, id(*i)))
                 .map(|(_, (stop, _))| *stop);
             let mut e = engine();
             for &i in &order {
