@@ -35,7 +35,8 @@ use crate::stages::view::View;
 /// spend watermark cannot pass a partition not yet read (see
 /// [`crate::spend::SpendLedger::expect_sources`]).
 pub fn new_owner(shared: &Shared, partition: i32) -> MessageOwner {
-    let mut owner = MessageOwner::new(&shared.cfg.spend, partition);
+    let mut owner = MessageOwner::new(&shared.cfg.spend, partition)
+        .with_limits(crate::limits::Limits::new(&shared.cfg));
     for topic in &shared.kafka.input_topics.events {
         if let Some(&n) = shared.partitions.get(topic) {
             owner.expect_streams((0..n).map(|p| (topic.as_str(), p)));

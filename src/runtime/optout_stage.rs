@@ -66,7 +66,8 @@ impl Logic for OptOutStage {
         partition: i32,
         committed: Option<i64>,
     ) -> Result<(), RuntimeError> {
-        let mut owner = OptOutOwner::new(&shared.cfg.optout);
+        let mut owner = OptOutOwner::new(&shared.cfg.optout)
+            .with_limits(crate::limits::Limits::new(&shared.cfg));
         if let Some(until) = committed {
             // Outputs of the replay are discarded: they were produced when
             // the records were first processed.

@@ -11,14 +11,18 @@ use super::{RuntimeError, Shared};
 use crate::archive::writer::{now_ms, ArchiveWriter};
 use crate::decode::RecordSource;
 use crate::kafka::admin::{EVENTS_BY_MESSAGE, INBOUND_BY_NUMBER};
+use crate::limits::Limits;
 use crate::stages::forward::encode_idle;
-use crate::stages::router::{route, Routed};
+use crate::stages::router::{route_with, Routed};
 
 /// The router stage.
 pub struct Router {
     events_topic: String,
     inbound_topic: String,
     dead_topic: String,
+    /// Size, cost and time limits of input records (the record timestamp
+    /// is the arrival time that bounds every time inside the record).
+    limits: Limits,
     sources: HashMap<String, Arc<str>>,
     routed: Vec<Routed>,
     archive: Option<ArchiveWriter>,
@@ -38,6 +42,7 @@ impl Router {
             events_topic,
             inbound_topic: shared.internal(INBOUND_BY_NUMBER),
             dead_topic: shared.kafka.output_topics.dead_letters.clone(),
+            limits: Limits::new(&shared.cfg),
             sources: HashMap::new(),
             routed: Vec::new(),
             archive: shared
@@ -102,7 +107,7 @@ impl Logic for Router {
         };
         self.mark_active(rec.topic, rec.partition);
         self.routed.clear();
-        route(rec.value, &src, &mut self.routed);
+        route_with(rec.value, &src, &self.limits, &mut self.routed);
         let m = &shared.metrics;
         m.router_records
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -3,8 +3,14 @@
 //!
 //! Format (one JSON object; `payload` is the original payload object inlined
 //! verbatim, never re-serialised):
-//! `{"src":"events","p":3,"o":1042,"s":0,"t":1762000000123,"env":["sns"],"payload":{...}}`
-//! (`p`, `t` may be null).
+//! `{"src":"events","p":3,"o":1042,"s":0,"t":1762000000123,"a":1762000000456,"env":["sns"],"payload":{...}}`
+//! (`p`, `t`, `a` may be null; `a` may be absent in records written before it
+//! existed).
+//!
+//! `a` is the input record's *arrival time* (its Kafka record timestamp), so
+//! an owner bounds the payload's times exactly as the router did (see
+//! [`crate::limits`]): a forwarded record cannot carry a time later than its
+//! arrival plus the clock skew either.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -22,6 +28,8 @@ pub struct Forwarded<'a> {
     pub provenance: Provenance,
     /// Receive time known to the router (envelope time or record timestamp).
     pub received_at: Option<i64>,
+    /// Arrival time of the input record (its Kafka record timestamp).
+    pub arrival_ms: Option<i64>,
     /// Envelopes the router unwrapped, outermost first.
     pub envelopes: Vec<&'static str>,
     /// The payload object's original bytes.
@@ -32,6 +40,7 @@ pub struct Forwarded<'a> {
 pub fn encode(
     provenance: &Provenance,
     received_at: Option<i64>,
+    arrival_ms: Option<i64>,
     envelopes: &[&'static str],
     payload: &[u8],
 ) -> Vec<u8> {
@@ -53,6 +62,11 @@ pub fn encode(
         Some(t) => out.extend_from_slice(t.to_string().as_bytes()),
         None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"a\":");
+    match arrival_ms {
+        Some(t) => out.extend_from_slice(t.to_string().as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
     out.extend_from_slice(b",\"env\":");
     let _ = serde_json::to_writer(&mut out, envelopes);
     out.extend_from_slice(b",\"payload\":");
@@ -69,6 +83,8 @@ struct Wire<'a> {
     o: i64,
     s: u32,
     t: Option<i64>,
+    #[serde(default)]
+    a: Option<i64>,
     #[serde(borrow)]
     env: Vec<Cow<'a, str>>,
     #[serde(borrow)]
@@ -109,6 +125,7 @@ pub fn decode<'a>(
             sub: w.s,
         },
         received_at: w.t,
+        arrival_ms: w.a,
         envelopes,
         payload: w.payload.get().as_bytes(),
     })
@@ -207,7 +224,7 @@ mod tests {
         let other = encode_idle(&prov.source, 3);
         assert!(matches!(decode_idle(&other), Some(Ok(h)) if h != stream_hash(&prov)));
         // A forwarded record is not a marker; a broken marker is an error.
-        let rec = encode(&prov, None, &[], b"{}");
+        let rec = encode(&prov, None, None, &[], b"{}");
         assert!(decode_idle(&rec).is_none());
         assert!(matches!(
             decode_idle(br#"{"idle":{"src":"x","p":"two"}}"#),
@@ -224,11 +241,12 @@ mod tests {
             sub: 1,
         };
         let payload = br#"{"eventType":"TEXT_DELIVERED", "totalMessagePrice":5.81e-3}"#;
-        let rec = encode(&prov, Some(7), &["firehose", "sns"], payload);
+        let rec = encode(&prov, Some(7), Some(9), &["firehose", "sns"], payload);
         let mut intern = |s: &str| Arc::from(s);
         let f = decode(&rec, &mut intern).expect("decodes");
         assert_eq!(f.provenance, prov);
         assert_eq!(f.received_at, Some(7));
+        assert_eq!(f.arrival_ms, Some(9));
         assert_eq!(f.envelopes, vec!["firehose", "sns"]);
         assert_eq!(f.payload, &payload[..]);
         let none = encode(
@@ -237,12 +255,18 @@ mod tests {
                 ..prov
             },
             None,
+            None,
             &[],
             b"{}",
         );
         let f = decode(&none, &mut intern).expect("decodes");
         assert_eq!(f.provenance.partition, None);
         assert_eq!(f.received_at, None);
+        assert_eq!(f.arrival_ms, None);
+        // Records written before `a` existed still decode (no arrival time).
+        let old = br#"{"src":"e","p":1,"o":2,"s":0,"t":5,"env":[],"payload":{}}"#;
+        let f = decode(old, &mut intern).expect("decodes");
+        assert_eq!((f.received_at, f.arrival_ms), (Some(5), None));
     }
 
     #[test]

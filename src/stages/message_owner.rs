@@ -6,14 +6,20 @@
 //! (month, channel) as absolute values, so replaying an output never changes a
 //! sum. A forwarded record whose original position was already applied (a
 //! replay of the router after a crash) is recognised and emits nothing.
+//!
+//! The forwarded payload is decoded again with the same [`Limits`] and the
+//! arrival time the router forwarded (`a`), so a forwarded event cannot carry
+//! a time later than its input record's arrival plus the clock skew, or a
+//! cost above the ceiling, whoever wrote it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::SpendConfig;
 use crate::dead_letter::DeadLetter;
-use crate::decode::decode_delivery;
+use crate::decode::{decode_delivery_with, TimeBound};
 use crate::enrich::{destination_opted_out, splice, EnrichedEvent, EventEnrichment, EVENT_KEYS};
+use crate::limits::Limits;
 use crate::model::Provenance;
 use crate::spend::SpendLedger;
 use crate::stages::forward::{self, position_hash, stream_hash};
@@ -43,18 +49,28 @@ impl OwnerOutputs {
 #[derive(Debug)]
 pub struct MessageOwner {
     partition: i32,
+    limits: Limits,
     ledger: SpendLedger,
     sources: HashMap<Box<str>, Arc<str>>,
 }
 
 impl MessageOwner {
-    /// An empty owner of `partition`.
+    /// An empty owner of `partition`, with the cost ceilings of `cfg` and
+    /// the default size limits (see [`with_limits`](Self::with_limits)).
     pub fn new(cfg: &SpendConfig, partition: i32) -> MessageOwner {
         MessageOwner {
             partition,
+            limits: Limits::for_spend(cfg),
             ledger: SpendLedger::new(cfg),
             sources: HashMap::new(),
         }
+    }
+
+    /// The owner with these limits (those of the whole configuration, as the
+    /// router uses: [`Limits::new`]).
+    pub fn with_limits(mut self, limits: Limits) -> MessageOwner {
+        self.limits = limits;
+        self
     }
 
     /// Declares the input streams (topic, partition) whose events this owner
@@ -102,7 +118,8 @@ impl MessageOwner {
                 return;
             }
         };
-        let (ev, has_keys) = match decode_delivery(f.payload) {
+        let bound = TimeBound::new(&self.limits, f.arrival_ms);
+        let (ev, has_keys) = match decode_delivery_with(f.payload, &self.limits, bound) {
             Ok(x) => x,
             Err(reason) => {
                 out.dead_letters

@@ -1,14 +1,19 @@
 //! Stage 2b: the owner of the customers of one partition of the
 //! inbound-by-number topic: keyword rules, last-writer-wins opt-out state,
 //! replies for self-managed numbers, enriched inbound messages.
+//!
+//! The forwarded receive time (`t`) is checked against the forwarded arrival
+//! time (`a`) plus the clock skew, as the router checked the envelope times,
+//! so no forwarded record can make later decisions look older.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::config::OptOutConfig;
 use crate::dead_letter::DeadLetter;
-use crate::decode::decode_inbound;
+use crate::decode::{decode_inbound_with, TimeBound};
 use crate::enrich::{splice, EnrichedInbound, InboundEnrichment, INBOUND_KEYS};
+use crate::limits::Limits;
 use crate::model::Provenance;
 use crate::optout::{OptOutChange, OptOutEngine, Reply};
 use crate::stages::forward;
@@ -40,6 +45,7 @@ impl OptOutOutputs {
 #[derive(Debug)]
 pub struct OptOutOwner {
     engine: OptOutEngine,
+    limits: Limits,
     /// Original positions applied ([`forward::position_hash`]): a forwarded
     /// record repeated by a router replay emits nothing the second time.
     /// Eight bytes per inbound message (inbound traffic is small next to
@@ -52,8 +58,16 @@ impl OptOutOwner {
     pub fn new(cfg: &OptOutConfig) -> OptOutOwner {
         OptOutOwner {
             engine: OptOutEngine::new(cfg),
+            limits: Limits::DEFAULT,
             seen: HashSet::new(),
         }
+    }
+
+    /// The owner with these limits (those of the whole configuration, as the
+    /// router uses: [`Limits::new`]).
+    pub fn with_limits(mut self, limits: Limits) -> OptOutOwner {
+        self.limits = limits;
+        self
     }
 
     /// Restores a changelog value (state restore on assignment).
@@ -80,7 +94,13 @@ impl OptOutOwner {
         if !self.seen.insert(forward::position_hash(&f.provenance)) {
             return;
         }
-        let (msg, has_keys) = match decode_inbound(f.payload, f.received_at) {
+        let bound = TimeBound::new(&self.limits, f.arrival_ms);
+        let decoded = f
+            .received_at
+            .map(|t| bound.check_not_after("t", t))
+            .transpose()
+            .and_then(|t| decode_inbound_with(f.payload, t, &self.limits));
+        let (msg, has_keys) = match decoded {
             Ok(x) => x,
             Err(reason) => {
                 out.dead_letters.push(DeadLetter {
