@@ -304,6 +304,34 @@ mod tests {
         }
     }
 
+    /// `config/default.toml` (commented) and README's `[limits]` example
+    /// show exactly these defaults.
+    #[test]
+    fn documented_defaults_match() {
+        let block = |text: &str, start: &str, strip: &str| -> String {
+            text.lines()
+                .skip_while(|l| !l.starts_with(start))
+                .map_while(|l| l.strip_prefix(strip))
+                .take_while(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let embedded = block(crate::config::EMBEDDED_DEFAULT, "# [limits]", "# ");
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let readme = block(&readme, "[limits]", "");
+        for (what, text) in [("config/default.toml", embedded), ("README.md", readme)] {
+            assert!(
+                text.lines().count() >= 8,
+                "{what}: no [limits] block:\n{text}"
+            );
+            let cfg = Config::from_toml(&text, what).expect("valid [limits] block");
+            assert_eq!(cfg.limits, LimitsConfig::default(), "{what}:\n{text}");
+        }
+        let cfg = Config::from_toml(crate::config::EMBEDDED_DEFAULT, "embedded").expect("valid");
+        assert_eq!(cfg.spend.max_message_cost_usd, DEFAULT_MAX_MESSAGE_COST_USD);
+    }
+
     #[test]
     fn parses_overrides_and_rejects_unknown_keys() {
         let cfg = Config::from_toml(
