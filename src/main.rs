@@ -44,6 +44,17 @@ enum Command {
     /// SIGTERM/SIGINT: consume the input topics, publish the enriched,
     /// opt-out, spend, alarm, reply and dead-letter topics, archive to
     /// `[archive] uri` when set.
+    ///
+    /// Security (SASL_SSL, SSL) is set in `[kafka.properties]`
+    /// (`security.protocol`, `sasl.mechanism`, `sasl.username`,
+    /// `sasl.password`, `ssl.ca.location`). An unreachable broker is retried
+    /// forever; an error retrying cannot fix (authentication refused, broker
+    /// certificate not trusted, ACL denial) stops the process with one
+    /// `smsvoice run: fatal: ...` line on stderr.
+    ///
+    /// Exit codes: 0 stopped by SIGTERM/SIGINT; 1 any other error; 2 the
+    /// configuration file could not be loaded; 3 fatal Kafka error
+    /// (authentication, TLS trust, authorization).
     Run {
         /// TOML configuration with a `[kafka]` section.
         #[arg(long)]
@@ -94,6 +105,12 @@ enum Command {
     },
 }
 
+/// Exit code of `smsvoice run` after a fatal Kafka error: authentication
+/// refused, broker certificate not trusted, or an ACL denial (see
+/// `smsvoice::kafka::client::fatal_cause`). 1 is any other error, 2 a
+/// configuration file that could not be loaded.
+const EXIT_FATAL_KAFKA: u8 = 3;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -132,6 +149,10 @@ fn main() -> ExitCode {
             }
             match smsvoice::runtime::run_until_signal(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e @ smsvoice::runtime::RuntimeError::Fatal(_)) => {
+                    eprintln!("smsvoice run: {e}");
+                    ExitCode::from(EXIT_FATAL_KAFKA)
+                }
                 Err(e) => {
                     eprintln!("smsvoice run: {e}");
                     ExitCode::from(1)

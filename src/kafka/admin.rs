@@ -21,8 +21,11 @@ use rdkafka::admin::{
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::ThreadedProducer;
 
-use super::client::{admin_config, retry_with_backoff, ClientError, RetryPolicy};
+use super::client::{
+    admin_config, retry_with_backoff, ClientError, ClientWatch, FatalSlot, RetryPolicy,
+};
 use super::KafkaConfig;
 
 /// How long a metadata request or a topic creation may take.
@@ -113,6 +116,38 @@ pub async fn ensure_topics(
     cfg: &KafkaConfig,
     specs: &[TopicSpec],
 ) -> Result<EnsureReport, ClientError> {
+    ensure_topics_watched(cfg, specs, &FatalSlot::default()).await
+}
+
+/// [`ensure_topics`], ending at once with [`ClientError::Fatal`] when a
+/// fatal error (authentication, TLS, authorization: see
+/// [`super::client::fatal_cause`]) is recorded in `fatal`, by this call or
+/// any other client sharing the slot.
+///
+/// rdkafka's admin client never polls its main queue, where librdkafka puts
+/// connection errors, so an authentication or TLS failure would only show
+/// as metadata requests timing out, retried for minutes. A producer on the
+/// same configuration, polled by its own thread, watches the connections
+/// meanwhile (librdkafka connects to a bootstrap broker as soon as a client
+/// is created) and records such a failure in `fatal`.
+pub async fn ensure_topics_watched(
+    cfg: &KafkaConfig,
+    specs: &[TopicSpec],
+    fatal: &FatalSlot,
+) -> Result<EnsureReport, ClientError> {
+    let _watcher: ThreadedProducer<ClientWatch> = admin_config(cfg)
+        .create_with_context(ClientWatch::new(fatal, cfg, "admin"))
+        .map_err(|e| ClientError::kafka("create Kafka admin client", e))?;
+    tokio::select! {
+        r = ensure(cfg, specs) => match (r, fatal.get()) {
+            (Err(_), Some(f)) => Err(ClientError::Fatal(Box::new(f.clone()))),
+            (r, _) => r,
+        },
+        f = fatal.wait() => Err(ClientError::Fatal(Box::new(f))),
+    }
+}
+
+async fn ensure(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<EnsureReport, ClientError> {
     let admin: Arc<Admin> = Arc::new(
         admin_config(cfg)
             .create()

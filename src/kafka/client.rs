@@ -22,10 +22,15 @@
 //! storage on a real cluster.
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::ClientContext;
 
 use super::KafkaConfig;
 
@@ -141,7 +146,7 @@ pub enum ClientError {
         source: KafkaError,
     },
     /// A broker answered one item of a request with an error code.
-    #[error("{context}: broker error {code:?} ({code})")]
+    #[error("{context}: broker error {code}")]
     Broker {
         /// What was being done.
         context: String,
@@ -166,6 +171,10 @@ pub enum ClientError {
     /// produced again from the last commit.
     #[error("delivery failed: {0}")]
     Delivery(String),
+    /// A fatal error a client's context reported ([`FatalCause`]): retrying
+    /// cannot fix it.
+    #[error("fatal: {0}")]
+    Fatal(Box<FatalError>),
 }
 
 impl ClientError {
@@ -186,7 +195,19 @@ impl ClientError {
             ClientError::Kafka { source, .. } => kafka_error_is_retryable(source),
             ClientError::Broker { code, .. } => code_is_retryable(*code),
             ClientError::Timeout { .. } | ClientError::Delivery(_) => true,
-            ClientError::Config(_) | ClientError::MockCluster(_) => false,
+            ClientError::Config(_) | ClientError::MockCluster(_) | ClientError::Fatal(_) => false,
+        }
+    }
+
+    /// Whether retrying cannot fix this error because a security setting is
+    /// wrong, and why ([`fatal_cause`]); `None` for transient errors (broker
+    /// unreachable, timeouts) and for errors that restarting a stage may fix.
+    pub fn fatal_cause(&self) -> Option<FatalCause> {
+        match self {
+            ClientError::Kafka { source, .. } => kafka_error_fatal_cause(source),
+            ClientError::Broker { code, .. } => fatal_cause(*code),
+            ClientError::Fatal(f) => Some(f.cause),
+            _ => None,
         }
     }
 
@@ -211,6 +232,7 @@ impl ClientError {
             } => Some(*code),
             ClientError::Kafka { source, .. } => source.rdkafka_error_code(),
             ClientError::Broker { code, .. } => Some(*code),
+            ClientError::Fatal(f) => Some(f.code),
             _ => None,
         }
     }
@@ -282,6 +304,350 @@ pub fn code_is_retryable(code: RDKafkaErrorCode) -> bool {
             | C::NodeUpdate
             | C::RebootstrapRequired
     )
+}
+
+/// Why a Kafka error is fatal to the process: a security setting is wrong
+/// (credentials, trusted CA, ACLs), so every retry fails the same way and
+/// the process should stop and say so instead of retrying forever. See
+/// [`fatal_cause`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FatalCause {
+    /// The broker refused the SASL credentials or mechanism.
+    Authentication,
+    /// The TLS handshake failed: the broker's certificate is not trusted
+    /// (`ssl.ca.location`), its name does not match, or the two sides share
+    /// no protocol.
+    Tls,
+    /// Authenticated, but an ACL forbids the operation (topic, group,
+    /// cluster or transactional id).
+    Authorization,
+}
+
+/// The fatal classification of an error code: `Some` for authentication
+/// (`__AUTHENTICATION`, `SASL_AUTHENTICATION_FAILED`, unsupported SASL
+/// mechanism), TLS (`__SSL`: librdkafka reports a disconnect during the
+/// handshake as `__TRANSPORT`, so `__SSL` is a real handshake failure) and
+/// authorization errors (topic, group, cluster, transactional id, delegation
+/// token); `None` for everything else, transient errors (connection
+/// refused, all brokers down, timeouts) included. Every fatal code is also
+/// not [retryable](code_is_retryable).
+pub fn fatal_cause(code: RDKafkaErrorCode) -> Option<FatalCause> {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::UnsupportedSASLMechanism
+        | C::IllegalSASLState => Some(FatalCause::Authentication),
+        C::SSL => Some(FatalCause::Tls),
+        C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::DelegationTokenAuthorizationFailed => Some(FatalCause::Authorization),
+        _ => None,
+    }
+}
+
+/// [`fatal_cause`] of a librdkafka error (admin and transaction errors
+/// included).
+pub fn kafka_error_fatal_cause(e: &KafkaError) -> Option<FatalCause> {
+    match e {
+        KafkaError::AdminOp(code) => fatal_cause(*code),
+        other => other.rdkafka_error_code().and_then(fatal_cause),
+    }
+}
+
+/// The security settings of the `[kafka.properties]` a fatal error is
+/// about (never the password).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Security {
+    bootstrap: String,
+    protocol: String,
+    mechanism: Option<String>,
+    username: Option<String>,
+    ca_location: Option<String>,
+}
+
+impl Security {
+    fn of(cfg: &KafkaConfig) -> Security {
+        let p = |k: &str| cfg.properties.get(k).map(|v| v.trim().to_owned());
+        Security {
+            bootstrap: cfg.bootstrap_servers.clone(),
+            protocol: p("security.protocol")
+                .map_or_else(|| "PLAINTEXT".into(), |v| v.to_ascii_uppercase()),
+            mechanism: p("sasl.mechanism").or_else(|| p("sasl.mechanisms")),
+            username: p("sasl.username"),
+            ca_location: p("ssl.ca.location"),
+        }
+    }
+}
+
+/// The first fatal Kafka error of a process ([`FatalCause`]): what failed,
+/// where, and librdkafka's or the broker's own words. Its `Display` is the
+/// one line `smsvoice run` prints before exiting, naming the settings
+/// involved (`sasl.mechanism`, `sasl.username`, `ssl.ca.location`; never
+/// the password).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FatalError {
+    /// The class of the error.
+    pub cause: FatalCause,
+    /// librdkafka's or the broker's error code.
+    pub code: RDKafkaErrorCode,
+    /// The client that saw it (`"admin"`, `"router consumer"`, ...).
+    pub client: String,
+    /// `host:port` of the broker concerned, when known.
+    pub broker: Option<String>,
+    /// What librdkafka or the broker said.
+    pub detail: String,
+    security: Security,
+}
+
+impl FatalError {
+    /// The fatal error `e` reported by `client`'s context with librdkafka's
+    /// `reason` (`"sasl_ssl://host:port/bootstrap: SASL authentication
+    /// error: ..."`), or `None` when `e` is not fatal.
+    pub fn from_event(
+        cfg: &KafkaConfig,
+        client: &str,
+        e: &KafkaError,
+        reason: &str,
+    ) -> Option<FatalError> {
+        let cause = kafka_error_fatal_cause(e)?;
+        let code = match e {
+            KafkaError::AdminOp(c) => *c,
+            other => other.rdkafka_error_code()?,
+        };
+        let (broker, detail) = split_broker(reason);
+        Some(FatalError {
+            cause,
+            code,
+            client: client.to_owned(),
+            broker,
+            detail: if detail.is_empty() {
+                e.to_string()
+            } else {
+                detail.to_owned()
+            },
+            security: Security::of(cfg),
+        })
+    }
+
+    /// The fatal error an operation of `client` returned, or `None` when
+    /// `e` is not fatal.
+    pub fn from_client_error(
+        cfg: &KafkaConfig,
+        client: &str,
+        e: &ClientError,
+    ) -> Option<FatalError> {
+        if let ClientError::Fatal(f) = e {
+            return Some((**f).clone());
+        }
+        let cause = e.fatal_cause()?;
+        Some(FatalError {
+            cause,
+            code: e.code()?,
+            client: client.to_owned(),
+            broker: None,
+            detail: e.to_string(),
+            security: Security::of(cfg),
+        })
+    }
+}
+
+/// Splits librdkafka's `"proto://host:port/node: message"` (a broker) or
+/// `"GroupCoordinator: host:port: message"` (a logical broker: the group or
+/// transaction coordinator) into the broker address and the message; no
+/// address when the reason has neither prefix.
+fn split_broker(reason: &str) -> (Option<String>, &str) {
+    let reason = reason.trim();
+    if let Some((name, rest)) = reason.split_once(": ") {
+        if let Some((_, addr)) = name.split_once("://") {
+            let addr = addr.rsplit_once('/').map_or(addr, |(a, _)| a);
+            if is_address(addr) {
+                return (Some(addr.to_owned()), rest.trim());
+            }
+        } else if !name.contains(' ') {
+            if let Some((addr, message)) = rest.split_once(": ") {
+                if is_address(addr) {
+                    return (Some(addr.to_owned()), message.trim());
+                }
+            }
+        }
+    }
+    (None, reason)
+}
+
+/// `host:port` (`[v6]:port` too).
+fn is_address(s: &str) -> bool {
+    s.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(char::is_whitespace)
+            && !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+impl std::fmt::Display for FatalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.security;
+        let at = self.broker.as_deref().unwrap_or(&s.bootstrap);
+        let user = s
+            .username
+            .as_deref()
+            .map(|u| format!(" as {u:?}"))
+            .unwrap_or_default();
+        match self.cause {
+            FatalCause::Authentication if s.protocol.starts_with("SASL_") => {
+                let mechanism = s.mechanism.as_deref().unwrap_or("GSSAPI");
+                write!(
+                    f,
+                    "Kafka authentication failed (SASL {mechanism}{user} at {at})"
+                )?;
+            }
+            FatalCause::Authentication => write!(
+                f,
+                "Kafka authentication failed (security.protocol {} at {at})",
+                s.protocol
+            )?,
+            FatalCause::Tls
+                if self.detail.contains("certificate verify failed")
+                    || self.detail.contains("verify broker certificate") =>
+            {
+                match &s.ca_location {
+                    Some(ca) => write!(
+                        f,
+                        "TLS certificate of the broker not trusted (ssl.ca.location {ca:?} at {at})"
+                    )?,
+                    None => write!(
+                        f,
+                        "TLS certificate of the broker not trusted (ssl.ca.location not set: the system CA certificates, at {at})"
+                    )?,
+                }
+            }
+            FatalCause::Tls => write!(
+                f,
+                "TLS handshake with the broker failed (security.protocol {} at {at})",
+                s.protocol
+            )?,
+            FatalCause::Authorization => write!(
+                f,
+                "Kafka authorization failed ({}{user} at {at})",
+                self.client
+            )?,
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+/// Where the first fatal error of any client of a process is kept (clones
+/// share it): the runtime stops every stage once it is set, and
+/// `smsvoice run` exits with it.
+#[derive(Clone, Debug, Default)]
+pub struct FatalSlot(Arc<OnceLock<FatalError>>);
+
+impl FatalSlot {
+    /// Keeps `e` unless an error is kept already; true when it was the
+    /// first.
+    pub fn record(&self, e: FatalError) -> bool {
+        self.0.set(e).is_ok()
+    }
+
+    /// The first fatal error, once there is one.
+    pub fn get(&self) -> Option<&FatalError> {
+        self.0.get()
+    }
+
+    /// Waits (polling every 50 ms) until a fatal error is recorded.
+    pub async fn wait(&self) -> FatalError {
+        loop {
+            if let Some(e) = self.get() {
+                return e.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The client context of every librdkafka client of the runtime: its
+/// `error` callback (where librdkafka reports connection, authentication
+/// and TLS failures, which it would otherwise retry forever) records a
+/// fatal error ([`fatal_cause`]) in the shared [`FatalSlot`]; other errors
+/// are logged as warnings (debug once a fatal error is recorded, as the
+/// process is stopping with it). librdkafka's `FAIL` log lines, which repeat
+/// what the `error` callback receives, are logged at debug level.
+#[derive(Clone, Debug)]
+pub struct ClientWatch {
+    slot: FatalSlot,
+    client: Arc<str>,
+    cfg: Arc<KafkaConfig>,
+}
+
+impl ClientWatch {
+    /// The context of client `client` (named in the fatal error) of `cfg`.
+    pub fn new(slot: &FatalSlot, cfg: &KafkaConfig, client: &str) -> ClientWatch {
+        ClientWatch {
+            slot: slot.clone(),
+            client: Arc::from(client),
+            cfg: Arc::new(cfg.clone()),
+        }
+    }
+
+    /// The slot it records into.
+    pub fn slot(&self) -> &FatalSlot {
+        &self.slot
+    }
+
+    /// Records `e` (with librdkafka's `reason`) when it is fatal; true when
+    /// it is.
+    pub fn check(&self, e: &KafkaError, reason: &str) -> bool {
+        match FatalError::from_event(&self.cfg, &self.client, e, reason) {
+            Some(f) => {
+                if self.slot.record(f) {
+                    tracing::debug!(client = %self.client, error = %e, reason, "fatal Kafka error recorded");
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl ClientContext for ClientWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.check(&error, reason) || self.slot.get().is_some() {
+            tracing::debug!(target: "librdkafka", client = %self.client, "librdkafka: {error}: {reason}");
+        } else {
+            tracing::warn!(target: "librdkafka", client = %self.client, "librdkafka: {error}: {reason}");
+        }
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use RDKafkaLogLevel as L;
+        let repeated_by_error_callback = fac == "FAIL";
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error if !repeated_by_error_callback => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}"),
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}"),
+        }
+    }
+}
+
+impl ConsumerContext for ClientWatch {}
+
+impl ProducerContext for ClientWatch {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            let reason = format!("delivery to {} [{}]: {e}", m.topic(), m.partition());
+            self.check(e, &reason);
+        }
+    }
 }
 
 /// Exponential backoff with a cap and no jitter: the delay before retry `n`
@@ -472,6 +838,233 @@ mod tests {
             waited_ms: 1
         }
         .is_retryable());
+    }
+
+    #[test]
+    fn fatal_classification_of_both_classes() {
+        use RDKafkaErrorCode as C;
+        // Broker down, unreachable or slow: retried, never fatal.
+        let transient = [
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::Resolve,
+            C::OperationTimedOut,
+            C::RequestTimedOut,
+            C::NetworkException,
+            C::BrokerNotAvailable,
+            C::CoordinatorNotAvailable,
+            C::NotCoordinator,
+        ];
+        for c in transient {
+            assert_eq!(fatal_cause(c), None, "{c:?}");
+            assert!(code_is_retryable(c), "{c:?}");
+            let e = ClientError::kafka("x", KafkaError::Global(c));
+            assert_eq!(e.fatal_cause(), None, "{c:?}");
+            assert!(e.is_retryable(), "{c:?}");
+        }
+        let fatal = [
+            (C::Authentication, FatalCause::Authentication),
+            (C::SaslAuthenticationFailed, FatalCause::Authentication),
+            (C::UnsupportedSASLMechanism, FatalCause::Authentication),
+            (C::SSL, FatalCause::Tls),
+            (C::TopicAuthorizationFailed, FatalCause::Authorization),
+            (C::GroupAuthorizationFailed, FatalCause::Authorization),
+            (C::ClusterAuthorizationFailed, FatalCause::Authorization),
+            (
+                C::TransactionalIdAuthorizationFailed,
+                FatalCause::Authorization,
+            ),
+        ];
+        for (c, cause) in fatal {
+            assert_eq!(fatal_cause(c), Some(cause), "{c:?}");
+            assert!(!code_is_retryable(c), "fatal {c:?} must not be retryable");
+            for e in [
+                KafkaError::Global(c),
+                KafkaError::MessageConsumption(c),
+                KafkaError::MetadataFetch(c),
+                KafkaError::AdminOp(c),
+            ] {
+                assert_eq!(kafka_error_fatal_cause(&e), Some(cause), "{e:?}");
+                let ce = ClientError::kafka("x", e);
+                assert_eq!(ce.fatal_cause(), Some(cause), "{ce}");
+                assert!(!ce.is_retryable(), "{ce}");
+            }
+            let broker = ClientError::Broker {
+                context: "create topic t".into(),
+                code: c,
+            };
+            assert_eq!(broker.fatal_cause(), Some(cause));
+        }
+        // Not a security error: neither fatal here nor retryable.
+        assert_eq!(fatal_cause(C::InvalidConfig), None);
+        assert_eq!(ClientError::Config("x".into()).fatal_cause(), None);
+        assert_eq!(
+            ClientError::Timeout {
+                what: "x".into(),
+                waited_ms: 1
+            }
+            .fatal_cause(),
+            None
+        );
+    }
+
+    fn sasl_config() -> KafkaConfig {
+        let mut cfg = KafkaConfig::new("127.0.0.1:9093");
+        for (k, v) in [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "smsvoice"),
+            ("sasl.password", "hunter2"),
+            ("ssl.ca.location", "/etc/kafka/ca.pem"),
+        ] {
+            cfg.properties.insert(k.into(), v.into());
+        }
+        cfg
+    }
+
+    #[test]
+    fn the_watch_records_the_first_fatal_error_and_ignores_transient_ones() {
+        let slot = FatalSlot::default();
+        let watch = ClientWatch::new(&slot, &sasl_config(), "router consumer");
+        watch.error(
+            KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)",
+        );
+        watch.error(
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        assert!(slot.get().is_none(), "connection refused is not fatal");
+        watch.error(
+            KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512 (after 650ms in state AUTH_REQ)",
+        );
+        let other = ClientWatch::new(&slot, &sasl_config(), "admin");
+        assert!(other.check(
+            &KafkaError::Global(RDKafkaErrorCode::SSL),
+            "ssl://127.0.0.1:9094/bootstrap: SSL handshake failed"
+        ));
+        let f = slot.get().expect("recorded");
+        assert_eq!(f.cause, FatalCause::Authentication);
+        assert_eq!(f.code, RDKafkaErrorCode::Authentication);
+        assert_eq!(f.client, "router consumer", "the first one is kept");
+        assert_eq!(f.broker.as_deref(), Some("127.0.0.1:9093"));
+        let line = f.to_string();
+        assert_eq!(
+            line,
+            "Kafka authentication failed (SASL SCRAM-SHA-512 as \"smsvoice\" at 127.0.0.1:9093): \
+             SASL authentication error: Authentication failed during authentication due to \
+             invalid credentials with SASL mechanism SCRAM-SHA-512 (after 650ms in state AUTH_REQ)"
+        );
+        assert!(!line.contains("hunter2"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn fatal_lines_name_the_settings_involved() {
+        let mut cfg = sasl_config();
+        cfg.properties
+            .insert("security.protocol".into(), "SSL".into());
+        let tls = FatalError::from_event(
+            &cfg,
+            "admin",
+            &KafkaError::Global(RDKafkaErrorCode::SSL),
+            "ssl://127.0.0.1:9094/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified (after 4ms in state SSL_HANDSHAKE)",
+        )
+        .expect("fatal");
+        assert_eq!(
+            tls.to_string(),
+            "TLS certificate of the broker not trusted (ssl.ca.location \"/etc/kafka/ca.pem\" at 127.0.0.1:9094): \
+             SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: \
+             broker certificate could not be verified (after 4ms in state SSL_HANDSHAKE)"
+        );
+        cfg.properties.remove("ssl.ca.location");
+        let tls = FatalError::from_event(
+            &cfg,
+            "admin",
+            &KafkaError::Global(RDKafkaErrorCode::SSL),
+            "ssl://[::1]:9094/1: SSL handshake failed: error:0A00010B:SSL routines::wrong version number",
+        )
+        .expect("fatal");
+        assert_eq!(tls.broker.as_deref(), Some("[::1]:9094"));
+        // The group coordinator is a logical broker: its address follows.
+        let coordinator = FatalError::from_event(
+            &sasl_config(),
+            "router consumer",
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "GroupCoordinator: 127.0.0.1:46255: SASL authentication error: Authentication failed (after 177ms in state AUTH_REQ)",
+        )
+        .expect("fatal");
+        assert_eq!(coordinator.broker.as_deref(), Some("127.0.0.1:46255"));
+        assert_eq!(
+            coordinator.detail,
+            "SASL authentication error: Authentication failed (after 177ms in state AUTH_REQ)"
+        );
+        for (reason, broker) in [
+            ("1/1 brokers are down", None),
+            ("Failed to acquire SASL OAUTHBEARER token: x", None),
+            (
+                "sasl_ssl://b-1.example.com:9096/2: x",
+                Some("b-1.example.com:9096"),
+            ),
+        ] {
+            assert_eq!(split_broker(reason).0.as_deref(), broker, "{reason}");
+        }
+        assert!(
+            tls.to_string()
+                .starts_with("TLS handshake with the broker failed (security.protocol SSL at [::1]:9094): SSL handshake failed"),
+            "{tls}"
+        );
+        let denied = FatalError::from_client_error(
+            &sasl_config(),
+            "router producer",
+            &ClientError::Broker {
+                context: "create topic smsvoice.spend".into(),
+                code: RDKafkaErrorCode::TopicAuthorizationFailed,
+            },
+        )
+        .expect("fatal");
+        assert_eq!(
+            denied.to_string(),
+            "Kafka authorization failed (router producer as \"smsvoice\" at 127.0.0.1:9093): \
+             create topic smsvoice.spend: broker error TopicAuthorizationFailed (Broker: Topic authorization failed)"
+        );
+        assert!(FatalError::from_client_error(
+            &cfg,
+            "x",
+            &ClientError::kafka("x", KafkaError::Global(RDKafkaErrorCode::AllBrokersDown))
+        )
+        .is_none());
+        assert!(FatalError::from_event(
+            &cfg,
+            "x",
+            &KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "x"
+        )
+        .is_none());
+    }
+
+    #[tokio::test]
+    async fn the_slot_wakes_its_waiter() {
+        let slot = FatalSlot::default();
+        let waiter = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.wait().await }
+        });
+        let f = FatalError::from_event(
+            &sasl_config(),
+            "admin",
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "sasl_ssl://b:1/bootstrap: bad",
+        )
+        .expect("fatal");
+        assert!(slot.record(f.clone()));
+        assert!(!slot.record(f.clone()), "only the first is kept");
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(got, f);
     }
 
     #[test]

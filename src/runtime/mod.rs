@@ -17,6 +17,12 @@
 //! rebuilt from Kafka on assignment ([`restore`]); nothing is kept on local
 //! disk. The delivery guarantee of each output is written down in the
 //! README's design section and in `docs/kafka-runtime-design.md`.
+//!
+//! Every librdkafka client of an instance has a [`ClientWatch`] context:
+//! the first fatal Kafka error (authentication, TLS, authorization;
+//! [`crate::kafka::client::fatal_cause`]) any of them sees is kept in
+//! [`Metrics::fatal`], and the instance then stops
+//! ([`RuntimeError::Fatal`]) instead of retrying forever.
 
 pub mod message_stage;
 pub mod optout_stage;
@@ -34,8 +40,10 @@ use std::time::{Duration, Instant};
 
 use crate::archive::Store;
 use crate::config::Config;
+use crate::kafka::admin::ensure_topics_watched;
 use crate::kafka::admin::{EVENTS_BY_MESSAGE, INBOUND_BY_NUMBER, SPEND_PARTIALS};
-use crate::kafka::{all_topics, ensure_topics, ClientError, KafkaConfig};
+use crate::kafka::client::{ClientWatch, FatalError, FatalSlot};
+use crate::kafka::{all_topics, ClientError, KafkaConfig};
 use crate::stages::view::View;
 
 /// Why the runtime stopped or could not start.
@@ -53,6 +61,11 @@ pub enum RuntimeError {
     /// A stage thread died (a bug).
     #[error("stage {0} stopped unexpectedly: {1}")]
     Stage(&'static str, String),
+    /// A fatal Kafka error (authentication, TLS, authorization: see
+    /// [`crate::kafka::client::fatal_cause`]) stopped the instance: retrying
+    /// cannot fix it. `smsvoice run` exits with code 3.
+    #[error("fatal: {0}")]
+    Fatal(Box<FatalError>),
 }
 
 /// Counters of one running instance, updated by the loops.
@@ -83,6 +96,11 @@ pub struct Metrics {
     pub refetches: AtomicU64,
     /// Records read by any stage (a progress signal).
     pub progress: AtomicU64,
+    /// The first fatal Kafka error any client of the instance reported
+    /// (admin, consumers, producers, restore and replica readers): once set,
+    /// the instance stops ([`Shared::fatal`]). Kept here, with the other
+    /// shared run-time state, so that a `Shared` is built as before.
+    pub fatal: FatalSlot,
 }
 
 impl Metrics {
@@ -129,6 +147,29 @@ impl Shared {
     pub fn stopping(&self) -> bool {
         self.shutdown.load(Ordering::SeqCst)
     }
+
+    /// The first fatal Kafka error of the instance, once there is one.
+    pub fn fatal(&self) -> Option<&FatalError> {
+        self.metrics.fatal.get()
+    }
+
+    /// The client context of librdkafka client `client` of this instance:
+    /// it records fatal errors in [`Metrics::fatal`].
+    pub fn watch(&self, client: &str) -> ClientWatch {
+        ClientWatch::new(&self.metrics.fatal, &self.kafka, client)
+    }
+
+    /// For a loop that failed with `e`: records `e` when it is a fatal Kafka
+    /// error, and returns true when the instance has a fatal error (`e` or
+    /// an earlier one), so the loop returns instead of restarting.
+    pub fn fatal_stop(&self, client: &str, e: &RuntimeError) -> bool {
+        if let RuntimeError::Kafka(ce) = e {
+            if let Some(f) = FatalError::from_client_error(&self.kafka, client, ce) {
+                self.metrics.fatal.record(f);
+            }
+        }
+        self.fatal().is_some()
+    }
 }
 
 /// A running instance: its threads and handles.
@@ -172,7 +213,9 @@ impl Instance {
             }
         };
         let specs = all_topics(&kafka);
-        let report = block_on(&handle, ensure_topics(&kafka, &specs))?;
+        let fatal = FatalSlot::default();
+        let report = block_on(&handle, ensure_topics_watched(&kafka, &specs, &fatal))
+            .map_err(|e| startup_error(&kafka, &fatal, e))?;
         if !report.created.is_empty() {
             tracing::info!(created = ?report.created, "created topics");
         }
@@ -210,7 +253,10 @@ impl Instance {
             cfg: Arc::new(cfg),
             kafka: Arc::new(kafka),
             shutdown: Arc::new(AtomicBool::new(false)),
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Metrics {
+                fatal,
+                ..Metrics::default()
+            }),
             view: Arc::new(RwLock::new(view)),
             store,
             io: handle,
@@ -280,12 +326,22 @@ impl Instance {
         self.threads.iter().any(|(_, h)| h.is_finished())
     }
 
-    /// Stops and waits at most `grace` for the loops to finish; returns the
-    /// first error a loop reported. Loops still running after `grace` are
-    /// left behind (the process is about to exit; their uncommitted work is
-    /// redone by the next owner).
+    /// The first fatal Kafka error of the instance, once there is one: the
+    /// instance should then be stopped ([`Instance::stop`] returns it).
+    pub fn fatal(&self) -> Option<&FatalError> {
+        self.shared.fatal()
+    }
+
+    /// Stops and waits at most `grace` (at most [`FATAL_GRACE`] after a
+    /// fatal error) for the loops to finish; returns the fatal error if there
+    /// is one ([`RuntimeError::Fatal`]), else the first error a loop
+    /// reported. Loops still running after the grace period are left behind
+    /// (the process is about to exit; their uncommitted work is redone by the
+    /// next owner).
     pub fn stop(self, grace: Duration) -> Result<(), RuntimeError> {
         self.request_stop();
+        let fatal = self.shared.fatal().is_some();
+        let grace = if fatal { grace.min(FATAL_GRACE) } else { grace };
         let deadline = Instant::now() + grace;
         let mut first_err = None;
         for (name, h) in self.threads {
@@ -293,13 +349,23 @@ impl Instance {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if !h.is_finished() {
-                tracing::warn!(stage = name, "did not finish within the grace period");
+                if fatal {
+                    tracing::info!(stage = name, "did not finish within the grace period");
+                } else {
+                    tracing::warn!(stage = name, "did not finish within the grace period");
+                }
                 continue;
             }
             match h.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(stage = name, error = %e, "stage failed");
+                    // After a fatal error, the loops' own failures are its
+                    // consequences: the fatal error alone is reported.
+                    if fatal {
+                        tracing::debug!(stage = name, error = %e, "stage failed");
+                    } else {
+                        tracing::error!(stage = name, error = %e, "stage failed");
+                    }
                     first_err.get_or_insert(e);
                 }
                 Err(_) => {
@@ -310,7 +376,28 @@ impl Instance {
         if let Some(rt) = self._io {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
+        if let Some(f) = self.shared.fatal() {
+            return Err(RuntimeError::Fatal(Box::new(f.clone())));
+        }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// How long the loops may take to finish after a fatal Kafka error (at most
+/// `kafka.shutdown_grace_ms`): the cluster refuses this instance, so there
+/// is little to commit.
+pub const FATAL_GRACE: Duration = Duration::from_secs(10);
+
+/// The error `Instance::start` reports when creating the topics failed with
+/// `e`: the fatal error recorded meanwhile, or `e` itself when it is fatal,
+/// else `e`.
+fn startup_error(kafka: &KafkaConfig, fatal: &FatalSlot, e: ClientError) -> RuntimeError {
+    if let Some(f) = fatal.get() {
+        return RuntimeError::Fatal(Box::new(f.clone()));
+    }
+    match FatalError::from_client_error(kafka, "admin", &e) {
+        Some(f) => RuntimeError::Fatal(Box::new(f)),
+        None => RuntimeError::Kafka(e),
     }
 }
 
@@ -331,7 +418,9 @@ pub fn internal_topics(k: &KafkaConfig) -> [String; 3] {
 /// `smsvoice run`: starts an instance and runs it until SIGTERM or SIGINT,
 /// then stops it within `kafka.shutdown_grace_ms` (every loop finishes its
 /// record, commits what it holds and leaves its group). Logs progress every
-/// 10 seconds at info level.
+/// 10 seconds at info level. A fatal Kafka error (authentication, TLS,
+/// authorization), at start or later, stops the instance too and is
+/// returned as [`RuntimeError::Fatal`].
 pub fn run_until_signal(cfg: Config) -> Result<(), RuntimeError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -339,19 +428,34 @@ pub fn run_until_signal(cfg: Config) -> Result<(), RuntimeError> {
         .build()
         .map_err(|e| RuntimeError::Config(format!("tokio runtime: {e}")))?;
     let grace = Duration::from_millis(cfg.kafka.as_ref().map_or(30_000, |k| k.shutdown_grace_ms));
-    let instance = Instance::start(cfg, Some(rt.handle().clone()))?;
+    let instance = match Instance::start(cfg, Some(rt.handle().clone())) {
+        Ok(i) => i,
+        Err(e) => {
+            // Not a plain drop: that would wait for a blocked metadata
+            // request of the topic creation.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            return Err(e);
+        }
+    };
     let metrics = instance.shared().metrics.clone();
     let why = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).ok();
         let mut tick = tokio::time::interval(Duration::from_secs(10));
-        let mut check = tokio::time::interval(Duration::from_millis(500));
+        let mut check = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return "SIGINT",
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => return "SIGTERM",
                 _ = tick.tick() => log_progress(&metrics),
-                _ = check.tick() => if instance.any_finished() { return "a stage stopped"; },
+                _ = check.tick() => {
+                    if instance.fatal().is_some() {
+                        return "fatal Kafka error";
+                    }
+                    if instance.any_finished() {
+                        return "a stage stopped";
+                    }
+                }
             }
         }
     });

@@ -16,6 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{RuntimeError, Shared};
 use crate::kafka::admin::SPEND_PARTIALS;
+use crate::kafka::client::ClientWatch;
 use crate::kafka::{consumer_config, ClientError};
 use crate::optout::OptOutChange;
 use crate::stages::view::PartialTotal;
@@ -27,6 +28,10 @@ pub fn run(shared: &Shared) -> Result<(), RuntimeError> {
         match attempt(shared) {
             Ok(()) => return Ok(()),
             Err(e) => {
+                if shared.fatal_stop("replica reader", &e) {
+                    // Retrying cannot fix it: the instance stops with it.
+                    return Err(e);
+                }
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "replica failed");
                 let mut waited = Duration::ZERO;
                 while waited < backoff && !shared.stopping() {
@@ -41,8 +46,8 @@ pub fn run(shared: &Shared) -> Result<(), RuntimeError> {
 }
 
 fn attempt(shared: &Shared) -> Result<(), RuntimeError> {
-    let consumer: BaseConsumer = consumer_config(&shared.kafka, "replica")
-        .create()
+    let consumer: BaseConsumer<ClientWatch> = consumer_config(&shared.kafka, "replica")
+        .create_with_context(shared.watch("replica reader"))
         .map_err(|e| RuntimeError::Kafka(ClientError::kafka("create replica consumer", e)))?;
     let optout_topic = shared.kafka.output_topics.optout_changelog.clone();
     let partials_topic = shared.internal(SPEND_PARTIALS);

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::stage::{GapProbe, InRecord};
 use super::{RuntimeError, Shared};
+use crate::kafka::client::ClientWatch;
 use crate::kafka::{consumer_config, ClientError};
 use crate::model::Provenance;
 
@@ -62,8 +63,8 @@ pub fn replay(
     let mut cfg = consumer_config(&shared.kafka, "restore");
     // No group membership, no commits: a plain reader.
     cfg.set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = cfg
-        .create()
+    let consumer: BaseConsumer<ClientWatch> = cfg
+        .create_with_context(shared.watch("restore reader"))
         .map_err(|e| kafka("create restore consumer", e))?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, CALL_TIMEOUT)
@@ -136,7 +137,12 @@ pub fn replay(
                 }
             }
             Some(Err(e)) => {
-                tracing::warn!(topic, partition, error = %e, "restore read error");
+                if shared.fatal().is_some() {
+                    // Recorded by the context: the instance stops with it.
+                    tracing::debug!(topic, partition, error = %e, "restore read error");
+                } else {
+                    tracing::warn!(topic, partition, error = %e, "restore read error");
+                }
             }
             None => {
                 // Transaction markers take offsets too: the position may

@@ -23,7 +23,9 @@
 //!   clients are dropped (uncommitted work is redone from the last commit,
 //!   by this instance or another) and the stage starts again after a backoff
 //!   (1 s doubling to 30 s), logging each failure; it never exits the
-//!   process for a broker outage.
+//!   process for a broker outage. A fatal Kafka error (authentication, TLS,
+//!   authorization: `kafka::client::fatal_cause`), seen by a client's
+//!   context or returned by a call, is not retried: the instance stops.
 //! * **Backpressure**: a full producer queue blocks the loop (the consumer is
 //!   not polled meanwhile), and a commit point is forced after
 //!   `max_in_flight_records` reads, which bounds archive buffers too.
@@ -33,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
@@ -41,6 +44,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::records::OutRecord;
 use super::{RuntimeError, Shared};
+use crate::kafka::client::ClientWatch;
 use crate::kafka::{consumer_config, producer_config, ClientError};
 
 /// How long one poll waits for a record.
@@ -140,9 +144,18 @@ enum Event {
 
 struct StageContext {
     events: Mutex<Vec<Event>>,
+    watch: ClientWatch,
 }
 
-impl ClientContext for StageContext {}
+impl ClientContext for StageContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.watch.error(error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.watch.log(level, fac, log_message);
+    }
+}
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements()
@@ -170,13 +183,21 @@ impl ConsumerContext for StageContext {
 }
 
 /// Counts failed deliveries (at-least-once: a failure voids the commit).
-#[derive(Default)]
 struct DeliveryContext {
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    watch: ClientWatch,
 }
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.watch.error(error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.watch.log(level, fac, log_message);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
@@ -184,6 +205,8 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, m)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
+            // An authorization failure is fatal to the process.
+            self.watch.delivery(result, ());
             if let Ok(mut f) = self.first_error.lock() {
                 f.get_or_insert_with(|| format!("{} [{}]: {e}", m.topic(), m.partition()));
             }
@@ -198,6 +221,10 @@ pub fn run<L: Logic>(shared: &Shared, mut logic: L) -> Result<(), RuntimeError> 
         match attempt(shared, &mut logic) {
             Ok(()) => return Ok(()),
             Err(e) => {
+                if shared.fatal_stop(logic.name(), &e) {
+                    // Retrying cannot fix it: the instance stops with it.
+                    return Err(e);
+                }
                 if shared.stopping() {
                     tracing::warn!(stage = logic.name(), error = %e, "failed while stopping");
                     return Ok(());
@@ -232,11 +259,16 @@ fn attempt<L: Logic>(shared: &Shared, logic: &mut L) -> Result<(), RuntimeError>
     let consumer: BaseConsumer<StageContext> = consumer_config(k, logic.group_suffix())
         .create_with_context(StageContext {
             events: Mutex::new(Vec::new()),
+            watch: shared.watch(&format!("{} consumer", logic.name())),
         })
         .map_err(|e| kafka("create consumer", e))?;
     let txn_id = eos.then(|| format!("{}.{}.{}", k.group_id, logic.name(), instance_id()));
     let producer: ThreadedProducer<DeliveryContext> = producer_config(k, txn_id)
-        .create_with_context(DeliveryContext::default())
+        .create_with_context(DeliveryContext {
+            failed: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            watch: shared.watch(&format!("{} producer", logic.name())),
+        })
         .map_err(|e| kafka("create producer", e))?;
     if eos {
         producer
@@ -338,7 +370,12 @@ fn drive<L: Logic>(
                 if is_fatal(&e) {
                     return Err(kafka("consume", e));
                 }
-                tracing::warn!(stage = logic.name(), error = %e, "consumer error");
+                if shared.fatal().is_some() {
+                    // Recorded by the context: the instance stops with it.
+                    tracing::debug!(stage = logic.name(), error = %e, "consumer error");
+                } else {
+                    tracing::warn!(stage = logic.name(), error = %e, "consumer error");
+                }
             }
             Some(Ok(m)) => {
                 let key = (m.topic().to_owned(), m.partition());
