@@ -32,33 +32,40 @@
 //! an object again under the same name replaces it, so a replay that
 //! reproduces the names reproduces the archive.
 //!
-//! **Commit rule.** The runtime may commit a source partition's offsets only
-//! after a checkpoint ([`writer::ArchiveWriter::checkpoint_source`]) uploaded
-//! **all** open files of that source partition, and it commits exactly the
-//! returned `end_offset`. Consequences:
+//! **File mode.** Each input file is checkpointed
+//! ([`writer::ArchiveWriter::checkpoint_source`]) when it ends: all its open
+//! files are encoded and uploaded. A rerun rewrites the same objects.
 //!
-//! 1. Between two checkpoints a source partition has at most one file per
-//!    partition directory, and it starts at the first row of that directory
-//!    after the last committed offset. Files are cut between records only
-//!    (all payloads of one record share its offset and its file).
-//! 2. After a crash the runtime resumes at the last committed offset, so
-//!    every object the crashed run may have uploaded for the uncommitted
-//!    range is named after a row that the replay processes again, and the
-//!    replay writes an object of the same name, replacing it. Committed
-//!    ranges are never reprocessed. Hence no duplicate and no missing row.
-//! 3. Checkpoint boundaries triggered by `max_rows` / `max_bytes` are a
-//!    deterministic function of the input (the rows since the last commit).
-//!    A boundary triggered by `max_age` depends on the wall clock, so the
-//!    Kafka runtime first records the intended end offset durably (the
-//!    committed-offset metadata `pending_end=<offset>` of the *previous*
-//!    offset, written before the upload), and a replay passes it to
-//!    [`writer::ArchiveWriter::set_forced_end`], cutting the checkpoint at
-//!    the same record: the replay rewrites byte-identical objects (but for
-//!    `processed_at`). File mode has no age rotation: its input is finite and
-//!    each input file is checkpointed when it ends.
+//! **Kafka mode: seal, commit, upload.** At each commit point a stage
+//! *seals* its open files ([`writer::ArchiveWriter::seal_all`]: encoded,
+//! queued), commits its offsets (in its transaction in exactly-once mode),
+//! and only then uploads them ([`writer::ArchiveWriter::upload_sealed`]).
+//! Each committed offset carries the metadata `smsvoice.archived=<offset>`:
+//! the offset below which the partition's files are known to be uploaded
+//! (the previous commit's offset, until an upload completes). Consequences:
+//!
+//! 1. Between two commit points a source partition has at most one file per
+//!    partition directory, starting at the first row of that directory after
+//!    the last committed offset. Files are cut between records only (all
+//!    payloads of one record share its offset and its file).
+//! 2. A zombie (an instance frozen until its group and the transaction
+//!    coordinator replaced it) fails to commit, so it never uploads: it
+//!    cannot replace its successor's file of the same name with a shorter
+//!    one. (Uploading before the commit lost rows that way in the
+//!    exactly-once crash test.)
+//! 3. After a crash between a commit and its upload, the next owner sees
+//!    `archived` below the committed offset: it restores state up to
+//!    `archived`, processes the range up to the committed offset again with
+//!    its outputs discarded, seals it exactly at the committed offset and
+//!    uploads it (`runtime::stage::take`). Those are the objects the crashed
+//!    owner wrote or would have written (same names: first rows; same rows),
+//!    so a partial upload is completed or replaced. Uncommitted ranges are
+//!    reprocessed from the committed offset, and every object a crashed run
+//!    may have uploaded for them is named after a row the replay writes
+//!    again. Hence no duplicate and no missing row.
 //!
 //! Changing the rolling policy between a crash and its replay may change
-//! where files are cut, but rule 2 still holds: names come from first rows.
+//! where files are cut, but rule 3 still holds: names come from first rows.
 //!
 //! # Stores
 //!

@@ -608,9 +608,7 @@ impl ArchiveWriter {
     }
 
     /// What a checkpoint now would cover, per source partition with rows:
-    /// `(key, first offset, end offset)`. The Kafka runtime records the end
-    /// offsets durably (`pending_end=<offset>` in the committed-offset
-    /// metadata) before calling [`ArchiveWriter::checkpoint`].
+    /// `(key, first offset, end offset)`.
     pub fn pending(&self) -> Vec<(SourceKey, i64, i64)> {
         self.sources
             .iter()
@@ -695,6 +693,52 @@ impl ArchiveWriter {
         key: &SourceKey,
         force_end: Option<i64>,
     ) -> Result<Option<CheckpointRange>, ArchiveError> {
+        let Some(end) = self.seal_source(key, force_end)? else {
+            return Ok(None);
+        };
+        self.upload_source(store, key, end).await
+    }
+
+    /// Seals every source partition that has open files: they are encoded
+    /// and queued for [`upload_sealed`](Self::upload_sealed); rows appended
+    /// afterwards go to new files. The Kafka runtime seals at a commit point
+    /// and uploads only once the offsets are committed (a zombie, whose
+    /// commit fails, never uploads; a crash between the two is repaired by
+    /// the next owner, which writes the same range again).
+    pub fn seal_all(&mut self) -> Result<(), ArchiveError> {
+        let keys: Vec<SourceKey> = self.sources.keys().cloned().collect();
+        for k in keys {
+            self.seal_source(&k, None)?;
+        }
+        Ok(())
+    }
+
+    /// Uploads every sealed file (with retries). On error the files not yet
+    /// uploaded stay queued.
+    pub async fn upload_sealed(&mut self, store: &Store) -> Result<(), ArchiveError> {
+        let keys: Vec<SourceKey> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| !s.finished.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            let end = self
+                .sources
+                .get(&k)
+                .map_or(0, |s| s.last_offset.saturating_add(1));
+            self.upload_source(store, &k, end).await?;
+        }
+        Ok(())
+    }
+
+    /// Encodes the open files of `key` into its upload queue; returns the
+    /// end of the range they cover (`None` when it had no rows).
+    pub fn seal_source(
+        &mut self,
+        key: &SourceKey,
+        force_end: Option<i64>,
+    ) -> Result<Option<i64>, ArchiveError> {
         let Some(state) = self.sources.get_mut(key) else {
             return Ok(None);
         };
@@ -728,6 +772,22 @@ impl ArchiveWriter {
                 .finished
                 .push((format!("{dir}/{name}"), Bytes::from(bytes), file_rows));
         }
+        state.full = false;
+        state.opened_at = None;
+        state.forced_end = None;
+        Ok(Some(end))
+    }
+
+    /// Uploads the queued files of `key` (see [`seal_source`](Self::seal_source)).
+    async fn upload_source(
+        &mut self,
+        store: &Store,
+        key: &SourceKey,
+        end: i64,
+    ) -> Result<Option<CheckpointRange>, ArchiveError> {
+        let Some(state) = self.sources.get_mut(key) else {
+            return Ok(None);
+        };
         let first = state.first_offset;
         let mut files = Vec::new();
         let mut written = 0u64;
@@ -749,9 +809,6 @@ impl ArchiveWriter {
             rows += n;
             files.push(obj);
         }
-        state.full = false;
-        state.opened_at = None;
-        state.forced_end = None;
         if state.is_empty() {
             self.sources.remove(key);
         }

@@ -191,8 +191,8 @@ impl Logic for MessageStage {
         Ok(())
     }
 
-    fn checkpoint(&mut self, shared: &Shared) -> Result<(), RuntimeError> {
-        super::router::checkpoint(shared, self.archive.as_mut())
+    fn archive(&mut self) -> Option<&mut ArchiveWriter> {
+        self.archive.as_mut()
     }
 
     fn before_commit(&mut self, _: &Shared, out: &mut Vec<OutRecord>) {

@@ -94,6 +94,9 @@ pub struct Metrics {
     /// Partitions re-read after the broker delivered an offset beyond the
     /// expected one (see `stage::in_sequence`).
     pub refetches: AtomicU64,
+    /// Records processed again to rewrite the archive range of a commit
+    /// whose upload may not have happened (see `stage::take`).
+    pub rearchived: AtomicU64,
     /// Records read by any stage (a progress signal).
     pub progress: AtomicU64,
     /// The first fatal Kafka error any client of the instance reported
@@ -478,6 +481,7 @@ fn log_progress(m: &Metrics) {
         restored_records = Metrics::get(&m.restored_records),
         restore_ms = Metrics::get(&m.restore_ms),
         refetches = Metrics::get(&m.refetches),
+        rearchived = Metrics::get(&m.rearchived),
         "progress"
     );
 }

@@ -139,7 +139,7 @@ impl Logic for OptOutStage {
         Ok(())
     }
 
-    fn checkpoint(&mut self, shared: &Shared) -> Result<(), RuntimeError> {
-        super::router::checkpoint(shared, self.archive.as_mut())
+    fn archive(&mut self) -> Option<&mut ArchiveWriter> {
+        self.archive.as_mut()
     }
 }

@@ -57,6 +57,18 @@ pub fn replay(
     topic: &str,
     partition: i32,
     until: Option<i64>,
+    f: impl FnMut(&InRecord<'_>),
+) -> Result<u64, RuntimeError> {
+    replay_range(shared, topic, partition, None, until, f)
+}
+
+/// [`replay`] from offset `from` (`None`: the first retained record).
+pub fn replay_range(
+    shared: &Shared,
+    topic: &str,
+    partition: i32,
+    from: Option<i64>,
+    until: Option<i64>,
     mut f: impl FnMut(&InRecord<'_>),
 ) -> Result<u64, RuntimeError> {
     let started = Instant::now();
@@ -83,7 +95,7 @@ pub fn replay(
         }
     }
     let end = until.unwrap_or(high);
-    if low > 0 && end > 0 {
+    if low > 0 && end > 0 && from.is_none_or(|f| f < low) {
         tracing::warn!(
             topic,
             partition,
@@ -91,6 +103,7 @@ pub fn replay(
             "the log no longer starts at offset 0: state rebuilt from it may be incomplete"
         );
     }
+    let low = from.map_or(low, |f| f.max(low));
     if end <= low {
         return Ok(0);
     }

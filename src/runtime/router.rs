@@ -137,8 +137,8 @@ impl Logic for Router {
         Ok(())
     }
 
-    fn checkpoint(&mut self, shared: &Shared) -> Result<(), RuntimeError> {
-        checkpoint(shared, self.archive.as_mut())
+    fn archive(&mut self) -> Option<&mut ArchiveWriter> {
+        self.archive.as_mut()
     }
 
     /// Sends an idle marker to every message owner for each input partition
@@ -180,16 +180,4 @@ impl Router {
             self.active.push((t, partition));
         }
     }
-}
-
-/// Uploads every open file of `writer` (shared by the stages).
-pub fn checkpoint(shared: &Shared, writer: Option<&mut ArchiveWriter>) -> Result<(), RuntimeError> {
-    let (Some(w), Some(store)) = (writer, shared.store.as_ref()) else {
-        return Ok(());
-    };
-    shared
-        .io
-        .block_on(w.checkpoint(store))
-        .map(|_| ())
-        .map_err(|e| RuntimeError::Archive(e.to_string()))
 }

@@ -43,7 +43,9 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::records::OutRecord;
+use super::restore::replay_range;
 use super::{RuntimeError, Shared};
+use crate::archive::writer::{ArchiveWriter, SourceKey};
 use crate::kafka::client::ClientWatch;
 use crate::kafka::{consumer_config, producer_config, ClientError};
 
@@ -112,8 +114,12 @@ pub trait Logic {
         rec: &InRecord<'_>,
         out: &mut Vec<OutRecord>,
     ) -> Result<(), RuntimeError>;
-    /// Makes the archive rows of everything processed durable.
-    fn checkpoint(&mut self, shared: &Shared) -> Result<(), RuntimeError>;
+    /// The stage's archive writer, if it archives. The loop seals its files
+    /// at each commit point and uploads them once the offsets are committed
+    /// (see [`commit`]). Default: none.
+    fn archive(&mut self) -> Option<&mut ArchiveWriter> {
+        None
+    }
     /// Called at each commit point before anything is flushed or committed:
     /// outputs the stage coalesces between commits (e.g. the latest partial
     /// totals) are pushed onto `out`. Default: nothing.
@@ -290,6 +296,7 @@ fn attempt<L: Logic>(shared: &Shared, logic: &mut L) -> Result<(), RuntimeError>
         expected: BTreeMap::new(),
         gaps: BTreeMap::new(),
         last_expected: BTreeMap::new(),
+        archived: BTreeMap::new(),
     };
     let result = drive(shared, logic, &consumer, &producer, &mut s);
     if result.is_err() {
@@ -324,7 +331,15 @@ struct LoopState {
     gaps: BTreeMap<(String, i32), GapProbe>,
     /// `expected` at the last idle check (see [`probe_stalls`]).
     last_expected: BTreeMap<(String, i32), i64>,
+    /// Per owned partition, the offset below which every archive row is
+    /// known to be uploaded (stored with each committed offset as
+    /// [`ARCHIVED_META`]; see [`commit`]).
+    archived: BTreeMap<(String, i32), i64>,
 }
+
+/// Committed-offset metadata: `smsvoice.archived=<offset>`, the offset below
+/// which the archive files of the partition are known to be uploaded.
+pub const ARCHIVED_META: &str = "smsvoice.archived=";
 
 fn drive<L: Logic>(
     shared: &Shared,
@@ -392,6 +407,7 @@ fn drive<L: Logic>(
                     for o in out.drain(..) {
                         send(shared, producer, o)?;
                     }
+                    s.archived.entry(key.clone()).or_insert(m.offset());
                     s.next.insert(key, m.offset() + 1);
                     s.reads += 1;
                     shared.metrics.progress.fetch_add(1, Ordering::Relaxed);
@@ -652,6 +668,7 @@ fn handle_events<L: Logic>(
                     s.expected.remove(&(t.clone(), *p));
                     s.gaps.remove(&(t.clone(), *p));
                     s.last_expected.remove(&(t.clone(), *p));
+                    s.archived.remove(&(t.clone(), *p));
                     logic.revoke(t, *p);
                 }
                 if s.in_txn {
@@ -661,8 +678,8 @@ fn handle_events<L: Logic>(
                 }
             }
             Event::Assigned(parts) => {
-                for (t, p, c) in committed_offsets(consumer, &parts)? {
-                    take(shared, logic, s, t, p, c)?;
+                for c in committed_offsets(consumer, &parts)? {
+                    take(shared, logic, s, c)?;
                 }
                 tracing::info!(stage = logic.name(), partitions = ?parts, "partitions assigned");
             }
@@ -671,11 +688,21 @@ fn handle_events<L: Logic>(
     Ok(())
 }
 
-/// The committed offset of each of `parts` (`None`: nothing committed).
+/// A partition's committed position: the next offset to read (`None`:
+/// nothing committed) and, from its metadata, the offset below which its
+/// archive files are uploaded (`None`: not recorded).
+struct Committed {
+    topic: String,
+    partition: i32,
+    offset: Option<i64>,
+    archived: Option<i64>,
+}
+
+/// The committed position of each of `parts`.
 fn committed_offsets(
     consumer: &BaseConsumer<StageContext>,
     parts: &[(String, i32)],
-) -> Result<Vec<(String, i32, Option<i64>)>, RuntimeError> {
+) -> Result<Vec<Committed>, RuntimeError> {
     let mut tpl = TopicPartitionList::new();
     for (t, p) in parts {
         tpl.add_partition(t, *p);
@@ -687,34 +714,115 @@ fn committed_offsets(
         .elements()
         .iter()
         .map(|e| {
-            let c = match e.offset() {
+            let offset = match e.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             };
-            (e.topic().to_owned(), e.partition(), c)
+            Committed {
+                topic: e.topic().to_owned(),
+                partition: e.partition(),
+                offset,
+                archived: e
+                    .metadata()
+                    .strip_prefix(ARCHIVED_META)
+                    .and_then(|v| v.parse().ok()),
+            }
         })
         .collect())
 }
 
-/// Takes ownership of a partition whose next offset is `committed`: the
-/// stage restores its state, the loop expects that offset next.
+/// Takes ownership of a partition whose next offset is `c.offset`: the
+/// stage restores its state, the loop expects that offset next. When the
+/// archive files of the last committed range may not have been uploaded
+/// (`c.archived` below the committed offset: the previous owner stopped
+/// between its commit and its upload), the state is restored up to
+/// `c.archived` only, and the records from there to the committed offset
+/// are processed again with their outputs discarded: that rebuilds the
+/// rest of the state and exactly the archive rows of that range, which are
+/// then sealed at the committed offset and uploaded (the same objects the
+/// previous owner wrote or would have written).
 fn take<L: Logic>(
     shared: &Shared,
     logic: &mut L,
     s: &mut LoopState,
-    topic: String,
-    partition: i32,
-    committed: Option<i64>,
+    c: Committed,
 ) -> Result<(), RuntimeError> {
-    logic.assign(shared, &topic, partition, committed)?;
+    let Committed {
+        topic,
+        partition,
+        offset: committed,
+        archived,
+    } = c;
+    let archiving = shared.store.is_some() && logic.archive().is_some();
+    match (committed, archived) {
+        (Some(end), Some(from)) if archiving && from < end => {
+            logic.assign(shared, &topic, partition, Some(from))?;
+            rearchive(shared, logic, &topic, partition, from, end)?;
+        }
+        _ => logic.assign(shared, &topic, partition, committed)?,
+    }
     let key = (topic, partition);
     s.gaps.remove(&key);
     s.last_expected.remove(&key);
     match committed {
-        Some(o) => s.expected.insert(key.clone(), o),
-        None => s.expected.remove(&key),
+        Some(o) => {
+            s.expected.insert(key.clone(), o);
+            s.archived.insert(key.clone(), o);
+        }
+        None => {
+            s.expected.remove(&key);
+            s.archived.remove(&key);
+        }
     };
     s.owned.insert(key, committed);
+    Ok(())
+}
+
+/// Processes `topic`/`partition` from `from` to `end` again, outputs
+/// discarded, and uploads the archive rows of that range (see [`take`]).
+fn rearchive<L: Logic>(
+    shared: &Shared,
+    logic: &mut L,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    end: i64,
+) -> Result<(), RuntimeError> {
+    let mut discard = Vec::new();
+    let mut failed = None;
+    let n = replay_range(shared, topic, partition, Some(from), Some(end), |rec| {
+        if failed.is_none() {
+            if let Err(e) = logic.process(shared, rec, &mut discard) {
+                failed = Some(e);
+            }
+        }
+        discard.clear();
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let key = SourceKey {
+        source: std::sync::Arc::from(topic),
+        partition: Some(partition),
+    };
+    if let (Some(w), Some(store)) = (logic.archive(), shared.store.as_ref()) {
+        w.seal_source(&key, Some(end))
+            .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+        shared
+            .io
+            .block_on(w.upload_sealed(store))
+            .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+    }
+    shared.metrics.rearchived.fetch_add(n, Ordering::Relaxed);
+    tracing::info!(
+        stage = logic.name(),
+        topic,
+        partition,
+        from,
+        end,
+        records = n,
+        "archive range of the last commit written again"
+    );
     Ok(())
 }
 
@@ -739,11 +847,15 @@ fn rewind<L: Logic>(
         return Ok(());
     }
     let mut seek = TopicPartitionList::new();
-    for (t, p, c) in committed_offsets(consumer, &owned)? {
-        seek.add_partition_offset(&t, p, c.map_or(Offset::Beginning, Offset::Offset))
-            .map_err(|e| kafka("seek", e))?;
-        logic.revoke(&t, p);
-        take(shared, logic, s, t, p, c)?;
+    for c in committed_offsets(consumer, &owned)? {
+        seek.add_partition_offset(
+            &c.topic,
+            c.partition,
+            c.offset.map_or(Offset::Beginning, Offset::Offset),
+        )
+        .map_err(|e| kafka("seek", e))?;
+        logic.revoke(&c.topic, c.partition);
+        take(shared, logic, s, c)?;
     }
     consumer
         .seek_partitions(seek, CALL_TIMEOUT)
@@ -815,13 +927,29 @@ fn commit<L: Logic>(
     for o in coalesced {
         send(shared, producer, o)?;
     }
+    let archiving = shared.store.is_some() && logic.archive().is_some();
     let mut tpl = TopicPartitionList::new();
     for ((t, p), o) in &s.next {
-        tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+        let mut e = tpl.add_partition(t, *p);
+        e.set_offset(Offset::Offset(*o))
             .map_err(|e| kafka("commit", e))?;
+        if archiving {
+            let below = s.archived.get(&(t.clone(), *p)).copied().unwrap_or(*o);
+            e.set_metadata(format!("{ARCHIVED_META}{below}"));
+        }
+    }
+    // The archive files of what was read are sealed here and uploaded only
+    // after the offsets are committed, each offset carrying the point below
+    // which the archive is known to be uploaded. A zombie (an instance
+    // frozen until the group and the transaction coordinator replaced it)
+    // fails to commit and so never uploads files that would replace its
+    // successor's; a crash between commit and upload is repaired by the next
+    // owner, which writes that range again ([`take`]).
+    if let Some(w) = logic.archive() {
+        w.seal_all()
+            .map_err(|e| RuntimeError::Archive(e.to_string()))?;
     }
     if shared.kafka.exactly_once {
-        logic.checkpoint(shared)?;
         let meta = consumer
             .group_metadata()
             .ok_or_else(|| RuntimeError::Stage(logic.name(), "no group metadata".into()))?;
@@ -848,10 +976,20 @@ fn commit<L: Logic>(
                 .unwrap_or_default();
             return Err(RuntimeError::Kafka(ClientError::Delivery(first)));
         }
-        logic.checkpoint(shared)?;
-        consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| kafka("commit offsets", e))?;
+        if tpl.count() > 0 {
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|e| kafka("commit offsets", e))?;
+        }
+    }
+    if let (Some(w), Some(store)) = (logic.archive(), shared.store.as_ref()) {
+        shared
+            .io
+            .block_on(w.upload_sealed(store))
+            .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+        for (key, o) in &s.next {
+            s.archived.insert(key.clone(), *o);
+        }
     }
     s.next.clear();
     s.reads = 0;

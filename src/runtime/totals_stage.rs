@@ -159,8 +159,4 @@ impl Logic for TotalsStage {
         }
         Ok(())
     }
-
-    fn checkpoint(&mut self, _: &Shared) -> Result<(), RuntimeError> {
-        Ok(())
-    }
 }
