@@ -208,10 +208,16 @@ fn local_err<'a>(
 }
 
 impl LocalStore {
-    /// A store rooted at `root` (created on the first put).
+    /// A store rooted at `root` (created on the first put). A relative root
+    /// is resolved against the current directory now, so `demo-out/archive`
+    /// names the same directory for the whole run (and in messages).
     pub fn new(root: impl Into<PathBuf>) -> LocalStore {
+        let root = root.into();
+        // `absolute` fails only for an empty path or without a current
+        // directory; the relative path then still works (see `dir_or_cwd`).
+        let root = std::path::absolute(&root).unwrap_or(root);
         LocalStore {
-            root: Arc::new(root.into()),
+            root: Arc::new(root),
         }
     }
 
@@ -314,11 +320,21 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<(), StoreError> 
 
 /// fsync of a directory, so a rename or a new entry in it is durable.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    File::open(dir_or_cwd(dir))?.sync_all()
+}
+
+/// The parent of a one-component relative path (`demo-out`) is the empty
+/// path, which names no file: it stands for the current directory.
+fn dir_or_cwd(dir: &Path) -> &Path {
+    if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }
 }
 
 fn put_blocking(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(root);
+    let dir = dir_or_cwd(path.parent().unwrap_or(root));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -329,7 +345,7 @@ fn put_blocking(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError
     while !d.exists() {
         missing.push(d.to_path_buf());
         match d.parent() {
-            Some(p) => d = p,
+            Some(p) => d = dir_or_cwd(p),
             None => break,
         }
     }
@@ -365,6 +381,55 @@ fn put_blocking(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-component relative directory in the current directory (the
+    /// package root under `cargo test`), removed on drop.
+    struct RelDir(PathBuf);
+    impl RelDir {
+        fn new(tag: &str) -> RelDir {
+            RelDir(PathBuf::from(format!(
+                "smsvoice-store-test-{tag}-{}",
+                std::process::id()
+            )))
+        }
+    }
+    impl Drop for RelDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `demo-out/archive` from a directory where `demo-out` does not exist
+    /// yet: the parent of `demo-out` is the empty path, which once failed
+    /// the directory sync ("sync directory : No such file or directory").
+    #[tokio::test]
+    async fn relative_root_whose_first_component_is_missing() {
+        let rel = RelDir::new("relative");
+        assert!(!rel.0.exists());
+        let store = LocalStore::new(rel.0.join("archive"));
+        assert!(store.root().is_absolute(), "{}", store.root().display());
+        let key = "delivery_events/event_date=2025-11-01/channel=SMS/a.parquet";
+        store
+            .put(key, Bytes::from_static(b"x"))
+            .await
+            .expect("put under a relative root");
+        let on_disk = rel.0.join("archive").join(key);
+        assert_eq!(fs::read(&on_disk).expect("file"), b"x");
+        assert_eq!(store.get(key).await.expect("get"), b"x");
+        assert_eq!(store.list("").await.expect("list"), vec![key.to_owned()]);
+    }
+
+    /// The blocking writer itself accepts a relative path (the store resolves
+    /// its root first, but the empty parent must never reach `File::open`).
+    #[test]
+    fn put_blocking_with_a_relative_path() {
+        let rel = RelDir::new("blocking");
+        let path = rel.0.join("t").join("f.parquet");
+        put_blocking(&rel.0, &path, b"y").expect("relative put");
+        assert_eq!(fs::read(&path).expect("file"), b"y");
+        assert_eq!(dir_or_cwd(Path::new("")), Path::new("."));
+        assert_eq!(dir_or_cwd(Path::new("a")), Path::new("a"));
+    }
 
     #[test]
     fn keys_cannot_escape_or_hide() {
