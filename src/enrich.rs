@@ -1,8 +1,11 @@
 //! Enriched output records: the original payload with what the core learned
 //! about it appended.
 //!
-//! The enriched JSON keeps the original object's text byte for byte (numbers
-//! are not re-formatted, key order is kept) and appends the enrichment keys.
+//! The enriched JSON keeps the original object's text (numbers are not
+//! re-formatted, key order is kept) and appends the enrichment keys. It is
+//! always one line: an object already on one line is kept byte for byte, one
+//! spread over several lines (pretty-printed input) loses the whitespace
+//! between its tokens ([`one_line`]), which does not change its value.
 //! If the original object already has a key with an enrichment name (listed
 //! in [`EVENT_KEYS`] / [`INBOUND_KEYS`]), that original key is dropped so the
 //! output has each key once; the archive keeps every typed input field anyway.
@@ -260,10 +263,60 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEntries<'a> {
     }
 }
 
+/// The JSON text `raw` on one line: `raw` itself when it has no line break
+/// (the common case, one scan), else [`minify`]d.
+pub fn one_line(raw: &[u8]) -> Cow<'_, [u8]> {
+    if raw.iter().any(|&b| b == b'\n' || b == b'\r') {
+        Cow::Owned(minify(raw))
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
+/// `raw` without the whitespace outside strings (space, tab, line feed,
+/// carriage return: JSON's insignificant whitespace). Strings, numbers and
+/// key order are kept as written, so the value is unchanged. A line break
+/// inside a string cannot occur in valid JSON (it is escaped as `\n`); if
+/// one does, it is written escaped, so the result is one line whatever the
+/// input.
+pub fn minify(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in raw {
+        if !in_string {
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' => {}
+                b'"' => {
+                    in_string = true;
+                    out.push(b);
+                }
+                _ => out.push(b),
+            }
+            continue;
+        }
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+        if escaped {
+            escaped = false;
+        } else if b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            in_string = false;
+        }
+    }
+    out
+}
+
 /// Appends the fields of `enrichment` (a struct serializing to a JSON object)
-/// to the JSON object `raw`. With `rebuild`, keys of `raw` named in `keys` are
-/// dropped first.
+/// to the JSON object `raw`, on one line ([`one_line`]). With `rebuild`, keys
+/// of `raw` named in `keys` are dropped first.
 pub fn splice<T: Serialize>(raw: &[u8], rebuild: bool, keys: &[&str], enrichment: &T) -> Vec<u8> {
+    let raw = one_line(raw);
+    let raw: &[u8] = &raw;
     let extra = match serde_json::to_vec(enrichment) {
         Ok(v) => v,
         // A struct of strings, numbers and booleans always serializes.
@@ -359,6 +412,66 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&text).expect("valid json");
         assert_eq!(v["channel"], "SMS");
+    }
+
+    fn value(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).expect("valid json")
+    }
+
+    #[test]
+    fn minify_keeps_the_value_and_strings() {
+        let pretty = "{\n  \"body\" : \"line 1\\nline 2\\r\\n\\ttab \\\" quote \\\\ \",\n\
+                      \t\"spaced key\": \"  two  spaces  \",\r\n\
+                      \"unicode\": \"caf\u{e9} \u{2603} \\u00e9 \u{1f600}\",\n\
+                      \"nested\": { \"a\" : [ 1 , 2.50 , -0.0e+3 , { \"b\" : null } ] ,\n\
+                      \"c\" : { } , \"d\" : [ ] },\n  \"t\": true , \"f\" : false\n}\n";
+        let min = minify(pretty.as_bytes());
+        let text = std::str::from_utf8(&min).expect("utf8");
+        assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
+        assert_eq!(value(&min), value(pretty.as_bytes()));
+        // Whitespace inside strings and number texts are kept as written.
+        assert!(
+            text.contains(r#""body":"line 1\nline 2\r\n\ttab \" quote \\ ""#),
+            "{text}"
+        );
+        assert!(text.contains(r#""spaced key":"  two  spaces  ""#), "{text}");
+        assert!(
+            text.contains("caf\u{e9} \u{2603} \\u00e9 \u{1f600}"),
+            "{text}"
+        );
+        assert!(text.contains(r#"[1,2.50,-0.0e+3,{"b":null}]"#), "{text}");
+        assert!(
+            text.ends_with(r#""c":{},"d":[]},"t":true,"f":false}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn one_line_keeps_a_line_as_is() {
+        let raw = br#"{"a" : 1 , "b":"x y"}"#;
+        assert!(matches!(one_line(raw), Cow::Borrowed(r) if r == raw));
+        let raw = b"{\"a\":\n1}";
+        assert_eq!(&*one_line(raw), br#"{"a":1}"#);
+        // A raw line break inside a string (invalid JSON) still ends on one line.
+        assert_eq!(&*one_line(b"{\"a\":\"x\ny\"}"), br#"{"a":"x\ny"}"#);
+    }
+
+    #[test]
+    fn pretty_input_is_spliced_on_one_line() {
+        let e = E {
+            record_id: "r",
+            channel: "SMS",
+        };
+        let raw = b"{\n  \"price\": 0.10,\n  \"ctx\": {\n    \"k\": \"a b\"\n  }\n}";
+        for rebuild in [false, true] {
+            let out = splice(raw, rebuild, &EVENT_KEYS, &e);
+            assert_eq!(
+                String::from_utf8(out).expect("utf8"),
+                r#"{"price":0.10,"ctx":{"k":"a b"},"recordId":"r","channel":"SMS"}"#
+            );
+        }
+        let out = splice(b"{\n}", false, &EVENT_KEYS, &e);
+        assert_eq!(out, br#"{"recordId":"r","channel":"SMS"}"#.to_vec());
     }
 
     #[test]
