@@ -8,15 +8,18 @@
 //! inbound STOP/START/HELP/custom keywords, malformed records, every
 //! envelope) while one real [`Instance`] consumes it, archives to a local
 //! directory, then reads the output topics back and prints what happened,
-//! checked against the generator's own ground truth.
+//! checked against the generator's own ground truth: spend, alarms and
+//! limits, opt-outs, dead letters and the archive's row counts. [`run`]
+//! returns the report and the checks that failed; `smsvoice demo` exits
+//! non-zero when any did.
 //!
 //! The mock cluster keeps about 5 MB per partition, so the stream is
 //! produced while it is consumed, never more than [`MAX_AHEAD`] records
 //! ahead of the router.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,13 +27,13 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::config::{Config, EMBEDDED_DEFAULT};
-use crate::generate::{generate, Workload};
+use crate::config::{Config, SpendConfig, EMBEDDED_DEFAULT};
+use crate::generate::{generate, Generated, Truth, Workload};
 use crate::kafka::{all_topics, producer_config, start_mock_cluster, KafkaConfig};
 use crate::money::Usd;
 use crate::runtime::restore::replay;
 use crate::runtime::{Instance, Metrics, RuntimeError, Shared};
-use crate::spend::AlarmRecord;
+use crate::spend::{AlarmRecord, AlarmState};
 use crate::stages::totals::SpendState;
 
 /// Records the producer may be ahead of the router.
@@ -65,12 +68,45 @@ pub struct DemoOptions {
     pub out: PathBuf,
     /// Run with Kafka transactions (`exactly_once = true`).
     pub exactly_once: bool,
+    /// A configuration file whose spend and opt-out rules replace the
+    /// embedded default and [`DEMO_ALARMS`] (its `[kafka]` and `[archive]`
+    /// sections are ignored: the demo brings its own). The generator's
+    /// ground truth follows the embedded default's pricing and opt-out
+    /// lists, so rules that price or list differently (for example
+    /// `include_carrier_fee = false`) make the comparisons fail, as they
+    /// should; alarms and limits are checked against whatever is configured.
+    pub config: Option<PathBuf>,
 }
 
-/// Why the demo failed.
+/// What [`run`] found.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The text to print.
+    pub text: String,
+    /// Names of the comparisons with the ground truth that failed (empty
+    /// when the run matched it in every respect).
+    pub failed: Vec<&'static str>,
+}
+
+/// Results of the comparisons, by name.
+#[derive(Default)]
+struct Checks(Vec<(&'static str, bool)>);
+
+impl Checks {
+    fn record(&mut self, name: &'static str, ok: bool) -> &'static str {
+        self.0.push((name, ok));
+        if ok {
+            "yes"
+        } else {
+            "NO"
+        }
+    }
+}
+
+/// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    /// The embedded configuration or the options are invalid (a bug).
+    /// The `--config` file (or, a bug, the embedded one) is invalid.
     #[error("configuration: {0}")]
     Config(String),
     /// The mock cluster or a client failed.
@@ -82,6 +118,9 @@ pub enum DemoError {
     /// The runtime did not catch up.
     #[error("the runtime made no progress for {0:?}")]
     Stalled(Duration),
+    /// The archive could not be read back.
+    #[error("archive: {0}")]
+    Archive(String),
 }
 
 struct CountErrors(Arc<AtomicUsize>);
@@ -95,26 +134,48 @@ impl ProducerContext for CountErrors {
     }
 }
 
-/// The demo's configuration: the embedded default, two more alarms, the
-/// archive in `out/archive`, and a `[kafka]` section for `bootstrap`.
+/// The spend and opt-out rules of the demo: the embedded default and
+/// [`DEMO_ALARMS`], or those of `--config` without its `[kafka]` and
+/// `[archive]` sections.
+fn rules(opts: &DemoOptions) -> Result<String, DemoError> {
+    let Some(path) = &opts.config else {
+        return Ok(format!("{EMBEDDED_DEFAULT}\n{DEMO_ALARMS}"));
+    };
+    let name = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| DemoError::Config(format!("cannot read {name}: {e}")))?;
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e| DemoError::Config(format!("invalid config {name}: {e}")))?;
+    table.remove("kafka");
+    table.remove("archive");
+    toml::to_string(&table).map_err(|e| DemoError::Config(format!("{name}: {e}")))
+}
+
+/// The demo's configuration: the embedded default and two more alarms (or
+/// the rules of `--config`), the archive in `out/archive`, and a `[kafka]`
+/// section for `bootstrap`.
 pub fn demo_config(bootstrap: &str, opts: &DemoOptions) -> Result<Config, DemoError> {
     let archive = opts.out.join("archive");
     let text = format!(
-        "{EMBEDDED_DEFAULT}\n{DEMO_ALARMS}\n[archive]\nuri = {uri:?}\n\n[kafka]\n\
+        "{rules}\n[archive]\nuri = {uri:?}\n\n[kafka]\n\
          bootstrap_servers = {bootstrap:?}\ngroup_id = \"smsvoice-demo\"\n\
          exactly_once = {eos}\npartitions = 4\ncommit_interval_ms = 1000\n\n\
          [kafka.input_topics]\nevents = [{INPUT_TOPIC:?}]\ninbound = [{INPUT_TOPIC:?}]\n",
+        rules = rules(opts)?,
         uri = archive.display().to_string(),
         eos = opts.exactly_once,
     );
     Config::from_toml(&text, "demo configuration").map_err(|e| DemoError::Config(e.to_string()))
 }
 
-/// Runs the demo and returns the report to print.
-pub fn run(opts: &DemoOptions) -> Result<String, DemoError> {
+/// Runs the demo and returns the report to print, with the comparisons
+/// that failed.
+pub fn run(opts: &DemoOptions) -> Result<Report, DemoError> {
     let cluster = start_mock_cluster(1).map_err(|e| DemoError::Kafka(e.to_string()))?;
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let cfg = demo_config(&bootstrap, opts)?;
+    let spend_cfg = cfg.spend.clone();
     let kafka = cfg
         .kafka
         .clone()
@@ -154,9 +215,27 @@ pub fn run(opts: &DemoOptions) -> Result<String, DemoError> {
         "  done in {:.1} s of wall time (group joins, state restore and the 3 s quiet period that ends the demo included: not a throughput figure)",
         elapsed.as_secs_f64(),
     );
-    report_outputs(&shared, &g, &mut r)?;
+    let mut checks = Checks::default();
+    report_outputs(&shared, &g, &spend_cfg, &mut checks, &mut r)?;
     let archive = opts.out.join("archive");
-    let _ = writeln!(r, "\nArchive: {}", archive.display());
+    let rows = ArchiveRows::count(&archive)?;
+    let t = &g.truth;
+    let ok = rows.events == t.events as u64
+        && rows.inbound == t.inbound as u64
+        && rows.dead_letters == t.malformed as u64;
+    let _ = writeln!(
+        r,
+        "\nArchive: {} (Parquet)\n  {} delivery events, {} inbound messages, {} dead letters (rows); \
+         the generator's counts {}, {}, {}: {}",
+        archive.display(),
+        rows.events,
+        rows.inbound,
+        rows.dead_letters,
+        t.events,
+        t.inbound,
+        t.malformed,
+        checks.record("archive rows", ok),
+    );
     let _ = writeln!(
         r,
         "  try: python3 -c \"import duckdb; print(duckdb.sql(\\\"select channel, count(*) events, count(distinct message_id) messages from read_parquet('{}/delivery_events/**/*.parquet', hive_partitioning = true) group by all order by 1\\\"))\"",
@@ -168,7 +247,76 @@ pub fn run(opts: &DemoOptions) -> Result<String, DemoError> {
         archive.display()
     );
     drop(cluster);
-    Ok(r)
+    let failed: Vec<&'static str> = checks
+        .0
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| *name)
+        .collect();
+    let total = checks.0.len();
+    let names = |v: &[&str]| v.join(", ");
+    if failed.is_empty() {
+        let all: Vec<&str> = checks.0.iter().map(|(n, _)| *n).collect();
+        let _ = writeln!(
+            r,
+            "\nAll {total} comparisons with the generator's ground truth passed ({}).",
+            names(&all)
+        );
+    } else {
+        let _ = writeln!(
+            r,
+            "\nFAILED: {} of {total} comparisons with the generator's ground truth: {}.",
+            failed.len(),
+            names(&failed)
+        );
+    }
+    Ok(Report { text: r, failed })
+}
+
+/// Rows of each archive table, from the Parquet footers.
+struct ArchiveRows {
+    events: u64,
+    inbound: u64,
+    dead_letters: u64,
+}
+
+impl ArchiveRows {
+    fn count(root: &Path) -> Result<ArchiveRows, DemoError> {
+        Ok(ArchiveRows {
+            events: parquet_rows(&root.join("delivery_events"))?,
+            inbound: parquet_rows(&root.join("inbound_messages"))?,
+            dead_letters: parquet_rows(&root.join("dead_letters"))?,
+        })
+    }
+}
+
+/// Rows of the visible `.parquet` files under `dir` (none when it does not
+/// exist); hidden entries (temporary files) are skipped.
+fn parquet_rows(dir: &Path) -> Result<u64, DemoError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    if !dir.exists() {
+        return Ok(0);
+    }
+    let err =
+        |p: &Path, e: &dyn std::fmt::Display| DemoError::Archive(format!("{}: {e}", p.display()));
+    let mut rows = 0u64;
+    let entries = std::fs::read_dir(dir).map_err(|e| err(dir, &e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| err(dir, &e))?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let ft = entry.file_type().map_err(|e| err(&path, &e))?;
+        if ft.is_dir() {
+            rows += parquet_rows(&path)?;
+        } else if path.extension().is_some_and(|x| x == "parquet") {
+            let file = std::fs::File::open(&path).map_err(|e| err(&path, &e))?;
+            let reader = SerializedFileReader::new(file).map_err(|e| err(&path, &e))?;
+            rows += u64::try_from(reader.metadata().file_metadata().num_rows()).unwrap_or(0);
+        }
+    }
+    Ok(rows)
 }
 
 fn produce(kafka: &KafkaConfig, records: &[Vec<u8>], m: &Metrics) -> Result<(), DemoError> {
@@ -239,21 +387,29 @@ fn wait_idle(m: &Metrics, total: u64, instance: &Instance) -> Result<(), DemoErr
     }
 }
 
-/// Reads the spend, alarm, opt-out and dead-letter topics back.
+/// Reads the spend, alarm, opt-out and dead-letter topics back and compares
+/// each with the ground truth.
 fn report_outputs(
     shared: &Shared,
-    g: &crate::generate::Generated,
+    g: &Generated,
+    spend_cfg: &SpendConfig,
+    checks: &mut Checks,
     r: &mut String,
 ) -> Result<(), DemoError> {
     let topics = &shared.kafka.output_topics;
+    // A record of an output topic that does not parse fails its comparison.
+    let mut unreadable = 0usize;
     let mut spend: BTreeMap<String, SpendState> = BTreeMap::new();
     read_all(shared, &topics.spend, |_, v| {
-        if let Ok(s) = serde_json::from_slice::<SpendState>(v) {
-            spend.insert(s.key(), s);
+        match serde_json::from_slice::<SpendState>(v) {
+            Ok(s) => {
+                spend.insert(s.key(), s);
+            }
+            Err(_) => unreadable += 1,
         }
     })?;
     let _ = writeln!(r, "\nSpend (topic {}, exact):", topics.spend);
-    let mut all_match = true;
+    let mut all_match = unreadable == 0;
     for s in spend.values() {
         let key = (s.month.to_string(), s.channel.to_string());
         let want = g.truth.spend_units.get(&key).copied().map(Usd::from_units);
@@ -263,27 +419,35 @@ fn report_outputs(
         let _ = writeln!(
             r,
             "  {} {:<5} {:>14} USD {:>7} messages",
-            s.month, s.channel, s.spend_usd, s.messages
+            s.month,
+            s.channel.to_string(),
+            s.spend_usd.to_string(),
+            s.messages
         );
     }
     all_match &= spend.len() == g.truth.spend_units.len();
     let _ = writeln!(
         r,
         "  equal to the generator's ground truth: {}",
-        if all_match { "yes" } else { "NO" }
+        checks.record("spend", all_match)
     );
 
+    let mut unreadable = 0usize;
     let mut alarms: BTreeMap<String, AlarmRecord> = BTreeMap::new();
-    read_all(shared, &topics.alarms, |_, v| {
-        if let Ok(a) = serde_json::from_slice::<AlarmRecord>(v) {
-            let id = match &a {
-                AlarmRecord::AlarmStateChange { id, .. } | AlarmRecord::LimitReached { id, .. } => {
-                    id.clone()
-                }
-            };
-            alarms.insert(id, a);
-        }
-    })?;
+    read_all(
+        shared,
+        &topics.alarms,
+        |_, v| match serde_json::from_slice::<AlarmRecord>(v) {
+            Ok(a) => {
+                let id = match &a {
+                    AlarmRecord::AlarmStateChange { id, .. }
+                    | AlarmRecord::LimitReached { id, .. } => id.clone(),
+                };
+                alarms.insert(id, a);
+            }
+            Err(_) => unreadable += 1,
+        },
+    )?;
     let _ = writeln!(r, "\nAlarms and limits (topic {}):", topics.alarms);
     for a in alarms.values() {
         let _ = match a {
@@ -297,7 +461,8 @@ fn report_outputs(
                 ..
             } => writeln!(
                 r,
-                "  {month} {channel:<5} alarm {alarm_name}: {previous_state:?} -> {new_state:?} at {spend_usd} USD"
+                "  {month} {:<5} alarm {alarm_name}: {previous_state:?} -> {new_state:?} at {spend_usd} USD",
+                channel.to_string()
             ),
             AlarmRecord::LimitReached {
                 channel,
@@ -307,20 +472,38 @@ fn report_outputs(
                 ..
             } => writeln!(
                 r,
-                "  {month} {channel:<5} LIMIT_REACHED (limit {monthly_limit_usd} USD) at {spend_usd} USD"
+                "  {month} {:<5} LIMIT_REACHED (limit {monthly_limit_usd} USD) at {spend_usd} USD",
+                channel.to_string()
             ),
         };
     }
+    if alarms.is_empty() {
+        let _ = writeln!(r, "  none");
+    }
+    let ok = unreadable == 0 && alarms_consistent(&alarms, spend_cfg, &g.truth);
+    let _ = writeln!(
+        r,
+        "  every record, the final state of every (alarm, month) and every limit reached \
+         consistent with the ground-truth spend: {}",
+        checks.record("alarms", ok)
+    );
 
+    let mut unreadable = 0usize;
     let mut optouts: BTreeMap<String, bool> = BTreeMap::new();
-    read_all(shared, &topics.optout_changelog, |k, v| {
-        if let Ok(j) = serde_json::from_slice::<serde_json::Value>(v) {
-            let key = String::from_utf8_lossy(k.unwrap_or_default()).into_owned();
-            optouts.insert(key, j["optedOut"].as_bool().unwrap_or(false));
-        }
-    })?;
+    read_all(
+        shared,
+        &topics.optout_changelog,
+        |k, v| match serde_json::from_slice::<serde_json::Value>(v) {
+            Ok(j) => {
+                let key = String::from_utf8_lossy(k.unwrap_or_default()).into_owned();
+                optouts.insert(key, j["optedOut"].as_bool().unwrap_or(false));
+            }
+            Err(_) => unreadable += 1,
+        },
+    )?;
     let out = optouts.values().filter(|v| **v).count();
-    let truth_ok = optouts.len() == g.truth.optouts.len()
+    let truth_ok = unreadable == 0
+        && optouts.len() == g.truth.optouts.len()
         && g.truth
             .optouts
             .iter()
@@ -331,25 +514,145 @@ fn report_outputs(
         topics.optout_changelog,
         optouts.len(),
         optouts.len() - out,
-        if truth_ok { "yes" } else { "NO" }
+        checks.record("opt-outs", truth_ok)
     );
 
-    let mut dead = 0usize;
-    read_all(shared, &topics.dead_letters, |_, _| dead += 1)?;
+    // A dead letter's value is the original payload and its key the source
+    // position: distinct (key, value) pairs, since a repeat (at-least-once)
+    // has the same both.
+    let mut dead: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
+    read_all(shared, &topics.dead_letters, |k, v| {
+        dead.insert((k.unwrap_or_default().to_vec(), v.to_vec()));
+    })?;
+    let ok = dead.len() == g.truth.malformed;
     let _ = writeln!(
         r,
-        "Dead letters (topic {}): {dead} (the generator made {} malformed payloads)",
-        topics.dead_letters, g.truth.malformed
+        "Dead letters (topic {}): {}, the generator made {} malformed payloads: as many: {}",
+        topics.dead_letters,
+        dead.len(),
+        g.truth.malformed,
+        checks.record("dead letters", ok)
     );
-    let m = &shared.metrics;
-    let _ = writeln!(
-        r,
-        "Enriched: {} delivery events, {} inbound messages; {} commits",
-        Metrics::get(&m.events),
-        Metrics::get(&m.inbound),
-        Metrics::get(&m.commits)
-    );
+    let _ = writeln!(r, "Commits: {}", Metrics::get(&shared.metrics.commits));
     Ok(())
+}
+
+/// Whether the alarm and limit records agree with the configured alarms and
+/// limits and the ground-truth spend. The spend an alarm saw when it fired
+/// depends on the order events were read in (and falls after a price
+/// correction), so what is checked is what the truth fixes:
+///
+/// * every transition flips the state and its new state is what its own
+///   spend implies, and the transitions of an (alarm, month) are numbered
+///   1, 2, ... from OK;
+/// * the final state of every (alarm, month) is what the month's final
+///   ground-truth spend implies;
+/// * a month whose ground-truth spend reached a limit has its
+///   `LIMIT_REACHED`, and every `LIMIT_REACHED` was at or above the limit
+///   (spend may fall below it again afterwards).
+fn alarms_consistent(
+    alarms: &BTreeMap<String, AlarmRecord>,
+    cfg: &SpendConfig,
+    truth: &Truth,
+) -> bool {
+    let truth_spend = |month: &str, channel: &str| {
+        Usd::from_units(
+            truth
+                .spend_units
+                .get(&(month.to_owned(), channel.to_owned()))
+                .copied()
+                .unwrap_or(0),
+        )
+    };
+    let mut ok = true;
+    // (alarm name, month) -> transition number -> new state.
+    let mut transitions: BTreeMap<(String, String), BTreeMap<u32, AlarmState>> = BTreeMap::new();
+    let mut limits_reached: BTreeSet<(String, String)> = BTreeSet::new();
+    for (id, a) in alarms {
+        match a {
+            AlarmRecord::AlarmStateChange {
+                alarm_name,
+                channel,
+                month,
+                previous_state,
+                new_state,
+                spend_usd,
+                ..
+            } => {
+                let Some(conf) = cfg.alarms.iter().find(|c| &c.name == alarm_name) else {
+                    return false;
+                };
+                let breached = conf.comparison.breached(*spend_usd, conf.threshold_usd);
+                ok &= conf.channel == *channel
+                    && previous_state != new_state
+                    && (*new_state == AlarmState::Alarm) == breached;
+                match id.rsplit_once(':').and_then(|(_, n)| n.parse::<u32>().ok()) {
+                    Some(n) => {
+                        transitions
+                            .entry((alarm_name.clone(), month.clone()))
+                            .or_default()
+                            .insert(n, *new_state);
+                    }
+                    None => return false,
+                }
+            }
+            AlarmRecord::LimitReached {
+                channel,
+                month,
+                monthly_limit_usd,
+                spend_usd,
+                ..
+            } => {
+                let limit = cfg.limits.iter().find(|l| l.channel == *channel);
+                ok &= limit.map(|l| l.monthly_limit_usd) == Some(*monthly_limit_usd)
+                    && spend_usd >= monthly_limit_usd;
+                limits_reached.insert((channel.to_string(), month.clone()));
+            }
+        }
+    }
+    for seq in transitions.values() {
+        let mut want = AlarmState::Alarm;
+        for (i, (n, state)) in seq.iter().enumerate() {
+            ok &= u32::try_from(i + 1) == Ok(*n) && *state == want;
+            want = match want {
+                AlarmState::Alarm => AlarmState::Ok,
+                AlarmState::Ok => AlarmState::Alarm,
+            };
+        }
+    }
+    for conf in &cfg.alarms {
+        let channel = conf.channel.as_str();
+        let months: BTreeSet<&str> = truth
+            .spend_units
+            .keys()
+            .filter(|(_, c)| c == channel)
+            .map(|(m, _)| m.as_str())
+            .chain(
+                transitions
+                    .keys()
+                    .filter(|(name, _)| *name == conf.name)
+                    .map(|(_, m)| m.as_str()),
+            )
+            .collect();
+        for month in months {
+            let want = conf
+                .comparison
+                .breached(truth_spend(month, channel), conf.threshold_usd);
+            let last = transitions
+                .get(&(conf.name.clone(), month.to_owned()))
+                .and_then(|seq| seq.values().next_back().copied());
+            ok &= want == (last == Some(AlarmState::Alarm));
+        }
+    }
+    for limit in &cfg.limits {
+        let channel = limit.channel.as_str();
+        for (month, c) in truth.spend_units.keys() {
+            if c == channel && truth_spend(month, channel) >= limit.monthly_limit_usd {
+                ok &= limits_reached.contains(&(c.clone(), month.clone()));
+            }
+        }
+    }
+    ok
 }
 
 fn read_all(

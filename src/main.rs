@@ -47,14 +47,20 @@ enum Command {
     ///
     /// Security (SASL_SSL, SSL) is set in `[kafka.properties]`
     /// (`security.protocol`, `sasl.mechanism`, `sasl.username`,
-    /// `sasl.password`, `ssl.ca.location`). An unreachable broker is retried
-    /// forever; an error retrying cannot fix (authentication refused, broker
-    /// certificate not trusted, ACL denial) stops the process with one
-    /// `smsvoice run: fatal: ...` line on stderr.
+    /// `sasl.password`, `ssl.ca.location`). An unreachable broker, timeouts,
+    /// throttling and S3 5xx are retried (the failed operation in place,
+    /// then the stage, forever); an error retrying cannot fix stops the
+    /// process with one `smsvoice run: fatal: ...` line on stderr.
     ///
     /// Exit codes: 0 stopped by SIGTERM/SIGINT; 1 any other error; 2 the
     /// configuration file could not be loaded; 3 fatal Kafka error
-    /// (authentication, TLS trust, authorization).
+    /// (authentication, TLS trust, authorization, a producer fenced by
+    /// another process with the same instance id, a fatal librdkafka error,
+    /// a configuration librdkafka rejects); 4 the archive store refuses this
+    /// process (missing or rejected S3 credentials, access denied, no such
+    /// bucket); 5 an internal record (spend partial, spend state, opt-out
+    /// change) is unreadable or written by a newer smsvoice: it is never
+    /// skipped.
     Run {
         /// TOML configuration with a `[kafka]` section.
         #[arg(long)]
@@ -71,7 +77,10 @@ enum Command {
     /// produces a generated stream (SMS/MMS/voice/RCS, multi-event messages
     /// spread over partitions, duplicates, late and corrected receipts,
     /// STOP/START/HELP, malformed records) while the real runtime consumes
-    /// it, archives to OUT/archive and prints what happened.
+    /// it, archives to OUT/archive and prints what happened, compared with
+    /// the generator's ground truth. Exit status 0 when every comparison
+    /// passed, 1 when one failed (named on stderr) or the run failed, 2 for
+    /// an invalid --config.
     Demo {
         /// Messages to generate (about 2.2 records each).
         #[arg(long, default_value_t = 20_000)]
@@ -85,6 +94,12 @@ enum Command {
         /// Run with Kafka transactions (exactly_once = true).
         #[arg(long)]
         exactly_once: bool,
+        /// Spend and opt-out rules to run with instead of the embedded
+        /// default and the demo's alarms ([kafka] and [archive] are the
+        /// demo's own). The ground truth assumes the embedded default's
+        /// pricing and opt-out lists: other rules fail those comparisons.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Print the embedded default configuration.
     DefaultConfig,
@@ -104,12 +119,6 @@ enum Command {
         topics: Vec<String>,
     },
 }
-
-/// Exit code of `smsvoice run` after a fatal Kafka error: authentication
-/// refused, broker certificate not trusted, or an ACL denial (see
-/// `smsvoice::kafka::client::fatal_cause`). 1 is any other error, 2 a
-/// configuration file that could not be loaded.
-const EXIT_FATAL_KAFKA: u8 = 3;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -149,9 +158,13 @@ fn main() -> ExitCode {
             }
             match smsvoice::runtime::run_until_signal(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e @ smsvoice::runtime::RuntimeError::Fatal(_)) => {
-                    eprintln!("smsvoice run: {e}");
-                    ExitCode::from(EXIT_FATAL_KAFKA)
+                // One line, and the exit code of its class
+                // (`smsvoice::runtime::Fatal::exit_code`: 3 Kafka, 4 archive,
+                // 5 internal record); 1 is any other error, 2 a
+                // configuration file that could not be loaded.
+                Err(smsvoice::runtime::RuntimeError::Fatal(f)) => {
+                    eprintln!("smsvoice run: fatal: {f}");
+                    ExitCode::from(f.exit_code())
                 }
                 Err(e) => {
                     eprintln!("smsvoice run: {e}");
@@ -164,17 +177,31 @@ fn main() -> ExitCode {
             seed,
             out,
             exactly_once,
+            config,
         } => {
             let opts = smsvoice::demo::DemoOptions {
                 messages,
                 seed,
                 out,
                 exactly_once,
+                config,
             };
             match smsvoice::demo::run(&opts) {
                 Ok(report) => {
-                    print!("{report}");
-                    ExitCode::SUCCESS
+                    print!("{}", report.text);
+                    if report.failed.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        eprintln!(
+                            "smsvoice demo: differs from the generator's ground truth: {}",
+                            report.failed.join(", ")
+                        );
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e @ smsvoice::demo::DemoError::Config(_)) => {
+                    eprintln!("smsvoice demo: {e}");
+                    ExitCode::from(2)
                 }
                 Err(e) => {
                     eprintln!("smsvoice demo: {e}");
