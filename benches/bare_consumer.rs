@@ -1,11 +1,12 @@
 //! Bare consumer throughput: how fast librdkafka (through `rdkafka`'s
 //! `BaseConsumer`, no processing at all) reads realistic records from a local
-//! tansu broker. This is the ceiling of the pipeline's Kafka mode on this
-//! machine, and the measurement behind the fetch tuning of
-//! `smsvoice::kafka::client::CONSUMER_TUNING`.
+//! Apache Kafka broker (one combined broker + controller on 127.0.0.1,
+//! started by `tests/support/kafka.rs`). This is the ceiling of the
+//! pipeline's Kafka mode on this machine, and the measurement behind the
+//! fetch tuning of `smsvoice::kafka::client::CONSUMER_TUNING`.
 //!
 //! ```sh
-//! bash scripts/install-tansu.sh          # once, ~10 minutes
+//! bash scripts/install-kafka.sh          # once: the broker's jars from Maven Central
 //! cargo bench --bench bare_consumer      # BARE_CONSUMER_MESSAGES=50000 by default
 //! ```
 //!
@@ -14,7 +15,8 @@
 //! pipeline's producer settings, once uncompressed), then reads each topic
 //! from the beginning with several consumer configurations, 3 runs each,
 //! and prints the median records/s and MB/s (record values and keys).
-//! Without tansu it prints how to install it and exits successfully.
+//! Without the broker's jars it prints how to install them and exits
+//! successfully.
 
 #[path = "../tests/support/kafka.rs"]
 mod kafka_support;
@@ -35,7 +37,7 @@ const RUNS: usize = 3;
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` does not run
     // benches with harness = false unless asked, so any argument is fine.
-    if !kafka_support::tansu_or_skip("bare_consumer") {
+    if !kafka_support::kafka_or_skip("bare_consumer") {
         return;
     }
     let messages: usize = std::env::var("BARE_CONSUMER_MESSAGES")
@@ -49,14 +51,15 @@ fn main() {
     let records = generated.records;
     let bytes: usize = records.iter().map(Vec::len).sum();
     println!(
-        "bare_consumer: {} records, {:.1} MB ({} B/record avg), {PARTITIONS} partitions, tansu memory storage",
+        "bare_consumer: {} records, {:.1} MB ({} B/record avg), {PARTITIONS} partitions, Apache Kafka {}, 1 broker, loopback",
         records.len(),
         bytes as f64 / 1e6,
-        bytes / records.len().max(1)
+        bytes / records.len().max(1),
+        kafka_support::kafka_version()
     );
 
-    let tansu = kafka_support::Tansu::start();
-    let cfg = KafkaConfig::new(tansu.bootstrap.clone());
+    let broker = kafka_support::KafkaBroker::start();
+    let cfg = KafkaConfig::new(broker.bootstrap.clone());
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => panic!("runtime: {e}"),

@@ -1,17 +1,20 @@
 //! State restore of the message owners for 1M tracked messages.
 //!
 //! ```sh
+//! bash scripts/install-kafka.sh          # once: the broker's jars from Maven Central
 //! cargo bench --bench restore            # RESTORE_MESSAGES=1000000 by default
 //! ```
 //!
 //! Two measurements of the same partitions:
 //!
 //! 1. the CPU part, below;
-//! 2. the real restore path through a broker, when tansu is installed
-//!    (`RESTORE_BROKER=0` skips it): the partitions are produced to a fresh
-//!    tansu (memory engine) topic, then each is restored with
+//! 2. the real restore path through Apache Kafka (one combined broker +
+//!    controller on 127.0.0.1, started by `tests/support/kafka.rs`), when its
+//!    jars are installed (`RESTORE_BROKER=0` skips it): the partitions are
+//!    produced to a fresh topic, then each is restored with
 //!    `runtime::message_stage::restore_owner` (what a message stage does
-//!    when it gains a partition), one after the other.
+//!    when it gains a partition), one after the other, with the runtime's
+//!    default Kafka settings (`reread_offset_gaps` false).
 //!
 //! A restoring message owner reads its `events-by-message` partition from
 //! offset 0 to the committed offset and feeds every record to
@@ -105,16 +108,18 @@ fn main() {
     if std::env::var("RESTORE_BROKER").as_deref() == Ok("0") {
         return;
     }
-    if !kafka_support::tansu_or_skip("restore through a broker") {
+    if !kafka_support::kafka_or_skip("restore through a broker") {
         return;
     }
-    through_tansu(&cfg, &parts, forwarded);
+    through_kafka(&cfg, &parts, forwarded);
 }
 
-/// Produces `parts` to tansu and times the runtime's restore of each.
-fn through_tansu(cfg: &Config, parts: &[Vec<(String, Vec<u8>)>], forwarded: usize) {
-    let tansu = kafka_support::Tansu::start();
-    let kafka = KafkaConfig::new(&tansu.bootstrap);
+/// Produces `parts` to a fresh Apache Kafka broker and times the runtime's
+/// restore of each.
+fn through_kafka(cfg: &Config, parts: &[Vec<(String, Vec<u8>)>], forwarded: usize) {
+    let broker = kafka_support::KafkaBroker::start();
+    let kafka = KafkaConfig::new(&broker.bootstrap);
+    assert!(!kafka.reread_offset_gaps, "the default: no gap re-reads");
     let topic = kafka.internal_topic(smsvoice::kafka::admin::EVENTS_BY_MESSAGE);
     let io = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("tokio: {e}"));
     io.block_on(ensure_topics(
@@ -129,7 +134,7 @@ fn through_tansu(cfg: &Config, parts: &[Vec<(String, Vec<u8>)>], forwarded: usiz
     .unwrap_or_else(|e| panic!("create {topic}: {e}"));
     let t = Instant::now();
     kafka_support::produce_to(
-        &tansu.bootstrap,
+        &broker.bootstrap,
         &topic,
         parts.iter().enumerate().flat_map(|(p, records)| {
             records
@@ -138,7 +143,8 @@ fn through_tansu(cfg: &Config, parts: &[Vec<(String, Vec<u8>)>], forwarded: usiz
         }),
     );
     println!(
-        "produced {forwarded} forwarded events to tansu in {:.1} s",
+        "produced {forwarded} forwarded events to Apache Kafka {} (1 broker, loopback) in {:.1} s",
+        kafka_support::kafka_version(),
         t.elapsed().as_secs_f64()
     );
     let shared = Shared {
@@ -163,7 +169,7 @@ fn through_tansu(cfg: &Config, parts: &[Vec<(String, Vec<u8>)>], forwarded: usiz
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(read as usize, forwarded, "records restored");
     println!(
-        "restore through tansu (read + replay, {PARTITIONS} partitions one after the other): {secs:.2} s, {:.0} records/s, {tracked} messages tracked at the end",
+        "restore through Apache Kafka (read + replay, {PARTITIONS} partitions one after the other): {secs:.2} s, {:.0} records/s, {tracked} messages tracked at the end",
         forwarded as f64 / secs
     );
 }
