@@ -1,5 +1,7 @@
-//! librdkafka client configurations, typed errors classified as retryable or
-//! fatal, and a deterministic exponential-backoff retry helper.
+//! librdkafka client configurations, typed errors classified by what to do
+//! about them ([`ErrorClass`]: retry, abort the transaction, restart, stop),
+//! and a deterministic exponential-backoff retry helper (on the `backon`
+//! crate).
 //!
 //! Tuning measured on this project's hardware (2 cores, loopback, tansu 0.6
 //! broker, 210k generated records of 774 B, 6 partitions;
@@ -25,6 +27,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -177,7 +180,61 @@ pub enum ClientError {
     Fatal(Box<FatalError>),
 }
 
+/// What to do about a failed operation: the class of an error, from the
+/// most hopeful to the least.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// Transient: the same operation may succeed when tried again after a
+    /// backoff (broker unavailable, timeouts, throttling, a leader or
+    /// coordinator moving, a rebalance in progress, S3 5xx), so it is retried
+    /// in place, keeping the state built so far.
+    Retryable,
+    /// The work since the last commit cannot be committed: the open
+    /// transaction is aborted (librdkafka's abortable transaction errors),
+    /// or the records produced since the last commit were not all delivered;
+    /// the stage rewinds to its last commit and redoes that work.
+    Abort,
+    /// Neither retrying the operation nor rewinding is known to help, but a
+    /// fresh attempt (new clients, state rebuilt from Kafka) may: unexpected
+    /// errors, and retryable ones still failing when their retry budget is
+    /// spent.
+    Restart,
+    /// Retrying cannot fix it: the process stops with one line and a non-zero
+    /// exit code (authentication, authorization, TLS trust, a fenced
+    /// producer, a fatal librdkafka error, an invalid configuration, an
+    /// internal record that cannot be read, refused archive credentials).
+    Fatal,
+}
+
 impl ClientError {
+    /// What to do about this error ([`ErrorClass`]): `Fatal` when
+    /// [`ClientError::fatal_cause`] names a cause (security, a fenced
+    /// producer, a fatal librdkafka error, an invalid configuration);
+    /// `Abort` for librdkafka's abortable transaction errors and for records
+    /// not delivered; `Retryable` for transient errors
+    /// ([`ClientError::is_retryable`]) and a consumer group being rebalanced
+    /// ([`ClientError::is_rebalance`]); `Restart` for anything else.
+    pub fn class(&self) -> ErrorClass {
+        if self.fatal_cause().is_some() {
+            ErrorClass::Fatal
+        } else if self.requires_abort() || matches!(self, ClientError::Delivery(_)) {
+            ErrorClass::Abort
+        } else if self.is_retryable() || self.is_rebalance() {
+            ErrorClass::Retryable
+        } else {
+            ErrorClass::Restart
+        }
+    }
+
+    /// True when the consumer group is being rebalanced, or this member's
+    /// generation is over ([`code_is_rebalance`]): an offset commit fails
+    /// with this during a cooperative rebalance, and succeeds once the
+    /// consumer has been polled through the rebalance, so it is neither
+    /// fatal nor worth retrying without polling.
+    pub fn is_rebalance(&self) -> bool {
+        self.code().is_some_and(code_is_rebalance)
+    }
+
     /// Wraps a librdkafka error with what was being done.
     pub fn kafka(context: impl Into<String>, source: KafkaError) -> ClientError {
         ClientError::Kafka {
@@ -199,14 +256,17 @@ impl ClientError {
         }
     }
 
-    /// Whether retrying cannot fix this error because a security setting is
-    /// wrong, and why ([`fatal_cause`]); `None` for transient errors (broker
+    /// Whether retrying cannot fix this error, and why ([`fatal_cause`],
+    /// [`kafka_error_fatal_cause`]): a security setting is wrong, the
+    /// producer was fenced, librdkafka raised a fatal error, or the
+    /// configuration is invalid. `None` for transient errors (broker
     /// unreachable, timeouts) and for errors that restarting a stage may fix.
     pub fn fatal_cause(&self) -> Option<FatalCause> {
         match self {
             ClientError::Kafka { source, .. } => kafka_error_fatal_cause(source),
             ClientError::Broker { code, .. } => fatal_cause(*code),
             ClientError::Fatal(f) => Some(f.cause),
+            ClientError::Config(_) => Some(FatalCause::Config),
             _ => None,
         }
     }
@@ -306,10 +366,26 @@ pub fn code_is_retryable(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Whether an error code means the consumer group is rebalancing or this
+/// member's generation is over (see [`ClientError::is_rebalance`]).
+pub fn code_is_rebalance(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::RebalanceInProgress
+            | C::IllegalGeneration
+            | C::UnknownMemberId
+            | C::AssignmentLost
+            | C::StaleMemberEpoch
+            | C::FencedMemberEpoch
+    )
+}
+
 /// Why a Kafka error is fatal to the process: a security setting is wrong
-/// (credentials, trusted CA, ACLs), so every retry fails the same way and
-/// the process should stop and say so instead of retrying forever. See
-/// [`fatal_cause`].
+/// (credentials, trusted CA, ACLs), another producer took over this one's
+/// transactional id, librdkafka raised a fatal error, or the configuration
+/// is invalid, so every retry fails the same way and the process should
+/// stop and say so instead of retrying forever. See [`fatal_cause`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FatalCause {
     /// The broker refused the SASL credentials or mechanism.
@@ -321,19 +397,37 @@ pub enum FatalCause {
     /// Authenticated, but an ACL forbids the operation (topic, group,
     /// cluster or transactional id).
     Authorization,
+    /// A newer producer with the same transactional id
+    /// (`group.stage.instance`) fenced this one: another process runs with
+    /// this instance id, or this one was frozen longer than
+    /// `transaction_timeout_ms` and the coordinator aborted its transaction.
+    Fenced,
+    /// librdkafka raised a fatal error (`__FATAL`: an idempotent or
+    /// transactional producer, or a static group member, that cannot go on).
+    Client,
+    /// librdkafka or a broker rejected the configuration (an unknown or
+    /// invalid property, an invalid topic setting).
+    Config,
 }
 
 /// The fatal classification of an error code: `Some` for authentication
 /// (`__AUTHENTICATION`, `SASL_AUTHENTICATION_FAILED`, unsupported SASL
 /// mechanism), TLS (`__SSL`: librdkafka reports a disconnect during the
-/// handshake as `__TRANSPORT`, so `__SSL` is a real handshake failure) and
+/// handshake as `__TRANSPORT`, so `__SSL` is a real handshake failure),
 /// authorization errors (topic, group, cluster, transactional id, delegation
-/// token); `None` for everything else, transient errors (connection
-/// refused, all brokers down, timeouts) included. Every fatal code is also
-/// not [retryable](code_is_retryable).
+/// token), a fenced producer (`__FENCED`, `PRODUCER_FENCED`,
+/// `INVALID_PRODUCER_EPOCH`, which librdkafka turns into `__FENCED`), a fatal
+/// librdkafka error (`__FATAL`) and an invalid configuration
+/// (`INVALID_CONFIG`); `None` for everything else, transient errors
+/// (connection refused, all brokers down, timeouts) and rebalances
+/// (`ILLEGAL_GENERATION`, `UNKNOWN_MEMBER_ID`, `REBALANCE_IN_PROGRESS`)
+/// included. Every fatal code is also not [retryable](code_is_retryable).
 pub fn fatal_cause(code: RDKafkaErrorCode) -> Option<FatalCause> {
     use RDKafkaErrorCode as C;
     match code {
+        C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch => Some(FatalCause::Fenced),
+        C::Fatal => Some(FatalCause::Client),
+        C::InvalidConfig => Some(FatalCause::Config),
         C::Authentication
         | C::SaslAuthenticationFailed
         | C::UnsupportedSASLMechanism
@@ -349,10 +443,18 @@ pub fn fatal_cause(code: RDKafkaErrorCode) -> Option<FatalCause> {
 }
 
 /// [`fatal_cause`] of a librdkafka error (admin and transaction errors
-/// included).
+/// included): also `Some` for a transaction error librdkafka calls fatal, a
+/// fatal consumer error, and a configuration librdkafka refuses.
 pub fn kafka_error_fatal_cause(e: &KafkaError) -> Option<FatalCause> {
     match e {
         KafkaError::AdminOp(code) => fatal_cause(*code),
+        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => Some(FatalCause::Config),
+        KafkaError::Transaction(t) if t.is_fatal() => {
+            Some(fatal_cause(t.code()).unwrap_or(FatalCause::Client))
+        }
+        KafkaError::MessageConsumptionFatal(code) => {
+            Some(fatal_cause(*code).unwrap_or(FatalCause::Client))
+        }
         other => other.rdkafka_error_code().and_then(fatal_cause),
     }
 }
@@ -412,11 +514,16 @@ impl FatalError {
         e: &KafkaError,
         reason: &str,
     ) -> Option<FatalError> {
-        let cause = kafka_error_fatal_cause(e)?;
+        let mut cause = kafka_error_fatal_cause(e)?;
         let code = match e {
             KafkaError::AdminOp(c) => *c,
             other => other.rdkafka_error_code()?,
         };
+        // librdkafka reports a fenced producer as `__FATAL` ("Fatal error:
+        // Local: This instance has been fenced by a newer instance: ...").
+        if cause == FatalCause::Client && reason.to_ascii_lowercase().contains("fenced") {
+            cause = FatalCause::Fenced;
+        }
         let (broker, detail) = split_broker(reason);
         Some(FatalError {
             cause,
@@ -443,9 +550,13 @@ impl FatalError {
             return Some((**f).clone());
         }
         let cause = e.fatal_cause()?;
+        let code = e.code().unwrap_or(match cause {
+            FatalCause::Config => RDKafkaErrorCode::InvalidConfig,
+            _ => RDKafkaErrorCode::Fatal,
+        });
         Some(FatalError {
             cause,
-            code: e.code()?,
+            code,
             client: client.to_owned(),
             broker: None,
             detail: e.to_string(),
@@ -534,6 +645,20 @@ impl std::fmt::Display for FatalError {
                 "Kafka authorization failed ({}{user} at {at})",
                 self.client
             )?,
+            FatalCause::Fenced => write!(
+                f,
+                "Kafka producer fenced ({} at {at}): a newer producer took over its \
+                 transactional id (another process runs with this instance id, \
+                 SMSVOICE_INSTANCE_ID or HOSTNAME, or this one was frozen longer than \
+                 transaction_timeout_ms)",
+                self.client
+            )?,
+            FatalCause::Client => write!(
+                f,
+                "Kafka client failed fatally ({} at {at})",
+                self.client
+            )?,
+            FatalCause::Config => write!(f, "invalid Kafka configuration ({})", self.client)?,
         }
         write!(f, ": {}", self.detail)
     }
@@ -623,7 +748,9 @@ impl ClientContext for ClientWatch {
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         use RDKafkaLogLevel as L;
-        let repeated_by_error_callback = fac == "FAIL";
+        // `FAIL` and `FATAL` lines repeat what the error callback receives
+        // (and records, when fatal): one line is enough.
+        let repeated_by_error_callback = fac == "FAIL" || fac == "FATAL";
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error if !repeated_by_error_callback => {
                 tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}")
@@ -652,7 +779,8 @@ impl ProducerContext for ClientWatch {
 
 /// Exponential backoff with a cap and no jitter: the delay before retry `n`
 /// (0-based) is `min(initial_delay * 2^n, max_delay)`, so a schedule is
-/// reproducible in tests and logs.
+/// reproducible in tests and logs. The schedule is `backon`'s
+/// [`ExponentialBuilder`] ([`RetryPolicy::builder`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Delay before the first retry.
@@ -675,7 +803,18 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Delay before retry `retry` (0 = the first retry).
+    /// The policy as a `backon` backoff: `max_attempts - 1` delays, doubling
+    /// from `initial_delay`, capped at `max_delay`, no jitter.
+    pub fn builder(&self) -> ExponentialBuilder {
+        ExponentialBuilder::new()
+            .with_min_delay(self.initial_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0)
+            .with_max_times(self.max_attempts.max(1).saturating_sub(1) as usize)
+    }
+
+    /// Delay before retry `retry` (0 = the first retry), also past the
+    /// last one (the closed form of [`RetryPolicy::builder`]'s schedule).
     pub fn delay(&self, retry: u32) -> Duration {
         let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
         self.initial_delay
@@ -685,20 +824,18 @@ impl RetryPolicy {
 
     /// Every delay of the schedule, in order (`max_attempts - 1` of them).
     pub fn schedule(&self) -> Vec<Duration> {
-        (0..self.max_attempts.saturating_sub(1))
-            .map(|r| self.delay(r))
-            .collect()
+        self.builder().build().collect()
     }
 }
 
 /// Runs `op` until it succeeds, fails with a non-retryable error, or
-/// `policy.max_attempts` attempts have failed; sleeps
-/// [`RetryPolicy::delay`] between attempts and logs each retry (warn) with
-/// `what`. Returns the last error.
+/// `policy.max_attempts` attempts have failed; sleeps the policy's delays
+/// between attempts (`backon`, tokio's timer) and logs each retry (warn)
+/// with `what`. Returns the last error.
 pub async fn retry_with_backoff<T, F, Fut>(
     what: &str,
     policy: &RetryPolicy,
-    mut op: F,
+    op: F,
 ) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
@@ -706,32 +843,30 @@ where
 {
     let attempts = policy.max_attempts.max(1);
     let mut attempt = 1;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if !e.is_retryable() => {
-                tracing::error!(what, attempt, error = %e, "fatal Kafka error, not retrying");
-                return Err(e);
-            }
-            Err(e) if attempt >= attempts => {
-                tracing::error!(what, attempts, error = %e, "Kafka operation failed, retries exhausted");
-                return Err(e);
-            }
-            Err(e) => {
-                let delay = policy.delay(attempt - 1);
-                tracing::warn!(
-                    what,
-                    attempt,
-                    attempts,
-                    delay_ms = delay.as_millis() as u64,
-                    error = %e,
-                    "retryable Kafka error, retrying"
-                );
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
+    let r = op
+        .retry(policy.builder())
+        .sleep(tokio::time::sleep)
+        .when(|e: &ClientError| e.is_retryable())
+        .notify(|e: &ClientError, delay: Duration| {
+            tracing::warn!(
+                what,
+                attempt,
+                attempts,
+                delay_ms = delay.as_millis() as u64,
+                error = %e,
+                "retryable Kafka error, retrying"
+            );
+            attempt += 1;
+        })
+        .await;
+    if let Err(e) = &r {
+        if e.is_retryable() {
+            tracing::error!(what, attempts, error = %e, "Kafka operation failed, retries exhausted");
+        } else {
+            tracing::error!(what, attempt, error = %e, "Kafka operation failed, not retryable");
         }
     }
+    r
 }
 
 #[cfg(test)]
@@ -895,9 +1030,12 @@ mod tests {
             };
             assert_eq!(broker.fatal_cause(), Some(cause));
         }
-        // Not a security error: neither fatal here nor retryable.
-        assert_eq!(fatal_cause(C::InvalidConfig), None);
-        assert_eq!(ClientError::Config("x".into()).fatal_cause(), None);
+        // An invalid configuration is fatal too (issue 12), of its own cause.
+        assert_eq!(fatal_cause(C::InvalidConfig), Some(FatalCause::Config));
+        assert_eq!(
+            ClientError::Config("x".into()).fatal_cause(),
+            Some(FatalCause::Config)
+        );
         assert_eq!(
             ClientError::Timeout {
                 what: "x".into(),
@@ -905,6 +1043,157 @@ mod tests {
             }
             .fatal_cause(),
             None
+        );
+    }
+
+    #[test]
+    fn every_error_has_a_class() {
+        use ErrorClass::{Abort, Fatal, Restart, Retryable};
+        use RDKafkaErrorCode as C;
+        let k = |e: KafkaError| ClientError::kafka("x", e);
+        let cases = [
+            // Broker unavailable, timeouts, throttling, coordinators moving.
+            (k(KafkaError::Global(C::BrokerTransportFailure)), Retryable),
+            (k(KafkaError::Global(C::AllBrokersDown)), Retryable),
+            (k(KafkaError::Flush(C::OperationTimedOut)), Retryable),
+            (k(KafkaError::ConsumerCommit(C::RequestTimedOut)), Retryable),
+            (k(KafkaError::ConsumerCommit(C::NotCoordinator)), Retryable),
+            (k(KafkaError::MessageProduction(C::QueueFull)), Retryable),
+            (
+                k(KafkaError::MetadataFetch(C::ThrottlingQuotaExceeded)),
+                Retryable,
+            ),
+            (
+                ClientError::Timeout {
+                    what: "x".into(),
+                    waited_ms: 1,
+                },
+                Retryable,
+            ),
+            // A commit during a cooperative rebalance: never fatal.
+            (
+                k(KafkaError::ConsumerCommit(C::RebalanceInProgress)),
+                Retryable,
+            ),
+            (
+                k(KafkaError::ConsumerCommit(C::IllegalGeneration)),
+                Retryable,
+            ),
+            (k(KafkaError::ConsumerCommit(C::UnknownMemberId)), Retryable),
+            (k(KafkaError::ConsumerCommit(C::AssignmentLost)), Retryable),
+            // Records not delivered: redo the work since the last commit.
+            (ClientError::Delivery("t [0]: x".into()), Abort),
+            // Unexpected: a fresh attempt.
+            (
+                k(KafkaError::MessageProduction(C::MessageSizeTooLarge)),
+                Restart,
+            ),
+            (k(KafkaError::Seek("x".into())), Restart),
+            // Retrying cannot fix these.
+            (k(KafkaError::Global(C::Authentication)), Fatal),
+            (
+                k(KafkaError::MessageConsumption(C::GroupAuthorizationFailed)),
+                Fatal,
+            ),
+            (k(KafkaError::MessageProduction(C::Fenced)), Fatal),
+            (k(KafkaError::MessageProduction(C::ProducerFenced)), Fatal),
+            (
+                k(KafkaError::MessageProduction(C::InvalidProducerEpoch)),
+                Fatal,
+            ),
+            (k(KafkaError::Global(C::Fatal)), Fatal),
+            (
+                k(KafkaError::MessageConsumptionFatal(C::FencedInstanceId)),
+                Fatal,
+            ),
+            (
+                k(KafkaError::ClientCreation("ssl.ca.location failed".into())),
+                Fatal,
+            ),
+            (ClientError::Config("x".into()), Fatal),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.class(), want, "{e}");
+        }
+        for c in [
+            C::RebalanceInProgress,
+            C::IllegalGeneration,
+            C::UnknownMemberId,
+        ] {
+            let e = k(KafkaError::ConsumerCommit(c));
+            assert!(e.is_rebalance() && e.fatal_cause().is_none(), "{e}");
+        }
+        assert!(!k(KafkaError::ConsumerCommit(C::NotCoordinator)).is_rebalance());
+        // A property librdkafka does not know: an invalid configuration.
+        let mut cfg = KafkaConfig::new("127.0.0.1:1");
+        cfg.properties.insert("no.such.property".into(), "1".into());
+        let e = consumer_config(&cfg, "x")
+            .create::<rdkafka::consumer::BaseConsumer>()
+            .map(|_| ())
+            .map_err(|e| ClientError::kafka("create consumer", e))
+            .expect_err("unknown property");
+        assert_eq!(
+            (e.class(), e.fatal_cause()),
+            (Fatal, Some(FatalCause::Config))
+        );
+        let f = FatalError::from_client_error(&cfg, "router consumer", &e).expect("fatal");
+        assert_eq!(f.code, RDKafkaErrorCode::InvalidConfig);
+        assert!(
+            f.to_string()
+                .starts_with("invalid Kafka configuration (router consumer): create consumer: "),
+            "{f}"
+        );
+    }
+
+    /// A transaction call that times out is retriable (librdkafka's own
+    /// verdict): retried in place, not fatal.
+    #[test]
+    fn a_transaction_call_that_times_out_is_retryable() {
+        use rdkafka::producer::{BaseProducer, Producer};
+        let mut cfg = KafkaConfig::new("127.0.0.1:1");
+        cfg.exactly_once = true;
+        let p: BaseProducer = producer_config(&cfg, Some("t".into()))
+            .create()
+            .expect("producer");
+        let e = p
+            .init_transactions(Duration::from_millis(200))
+            .map_err(|e| ClientError::kafka("init transactions", e))
+            .expect_err("no broker");
+        assert_eq!(e.class(), ErrorClass::Retryable, "{e}");
+    }
+
+    #[test]
+    fn a_fenced_producer_is_fatal_and_says_why() {
+        let f = FatalError::from_event(
+            &KafkaConfig::new("127.0.0.1:9092"),
+            "messages producer",
+            &KafkaError::Global(RDKafkaErrorCode::Fatal),
+            "Fatal error: Local: This instance has been fenced by a newer instance: \
+             Producer fenced by newer instance",
+        )
+        .expect("fatal");
+        assert_eq!(f.cause, FatalCause::Fenced);
+        let line = f.to_string();
+        assert!(
+            line.starts_with("Kafka producer fenced (messages producer at 127.0.0.1:9092): "),
+            "{line}"
+        );
+        assert!(line.contains("SMSVOICE_INSTANCE_ID"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        // Any other fatal librdkafka error.
+        let other = FatalError::from_event(
+            &KafkaConfig::new("127.0.0.1:9092"),
+            "router producer",
+            &KafkaError::Global(RDKafkaErrorCode::Fatal),
+            "Fatal error: Broker: Broker received an out of order sequence number",
+        )
+        .expect("fatal");
+        assert_eq!(other.cause, FatalCause::Client);
+        assert!(
+            other
+                .to_string()
+                .starts_with("Kafka client failed fatally (router producer at 127.0.0.1:9092): "),
+            "{other}"
         );
     }
 

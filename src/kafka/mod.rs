@@ -4,12 +4,14 @@
 //!
 //! * [`KafkaConfig`] is the `[kafka]` section of the TOML configuration.
 //! * [`client`]: [`consumer_config`] / [`producer_config`] build librdkafka
-//!   configurations with measured tuning; [`ClientError`] says whether an
-//!   error is worth retrying, and whether it is fatal to the process
-//!   ([`client::fatal_cause`]: authentication, TLS, authorization, which
+//!   configurations with measured tuning; [`ClientError::class`] says what
+//!   to do about an error ([`client::ErrorClass`]: retry, abort the
+//!   transaction, restart, stop), and whether it is fatal to the process
+//!   ([`client::fatal_cause`]: authentication, TLS, authorization, a fenced
+//!   producer, a fatal librdkafka error, an invalid configuration, which
 //!   [`client::ClientWatch`], the context of the runtime's clients, records);
 //!   [`retry_with_backoff`] retries on a fixed, deterministic exponential
-//!   schedule.
+//!   schedule (the `backon` crate).
 //! * [`admin`]: [`ensure_topics`] creates the output and internal topics the
 //!   pipeline needs ([`all_topics`] lists them).
 //! * [`mock`]: [`start_mock_cluster`] runs librdkafka's mock cluster (real
