@@ -437,6 +437,24 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the store refuses this process for good, so retrying or
+    /// restarting cannot help and the process should stop and say so:
+    /// missing or rejected credentials (`NoCredentials`, `AccessDenied`:
+    /// `InvalidAccessKeyId`, `SignatureDoesNotMatch`, HTTP 403), a bucket that
+    /// does not exist, an invalid store configuration. Never true for a
+    /// [retryable](StoreError::is_retryable) error.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Config(_)
+                | StoreError::AccessDenied { .. }
+                | StoreError::NoSuchBucket { .. }
+                | StoreError::NoCredentials { .. }
+        )
+    }
+}
+
 const THROTTLING_CODES: &[&str] = &[
     "SlowDown",
     "Throttling",

@@ -102,6 +102,45 @@ pub enum ArchiveError {
     },
 }
 
+impl ArchiveError {
+    /// Whether trying the same upload again later may succeed: the store
+    /// says so (network failures, timeouts, throttling, 5xx, credentials
+    /// passing trouble). The files not uploaded stay queued, so a retry
+    /// loses nothing.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ArchiveError::Store { source, .. } if source.is_retryable())
+    }
+
+    /// Whether retrying cannot help and the process should stop: the store
+    /// refuses this process (missing or rejected credentials, access
+    /// denied, no such bucket, invalid store settings, a local directory it
+    /// may not write: [`store_refuses`]), or rows cannot be encoded (a
+    /// schema bug, the same on every replay). False for the forced-end
+    /// checks, which depend on in-memory state a restart rebuilds.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            ArchiveError::Store { source, .. } => store_refuses(source),
+            ArchiveError::Arrow { .. } | ArchiveError::Parquet { .. } => true,
+            ArchiveError::PastForcedEnd { .. } | ArchiveError::ForcedEndTooSmall { .. } => false,
+        }
+    }
+}
+
+/// Whether a store error is one retrying cannot fix (see
+/// [`ArchiveError::is_fatal`]): S3 refusals
+/// ([`super::s3::StoreError::is_fatal`]), an invalid object key, a local
+/// directory without write permission or on a read-only file system.
+pub fn store_refuses(e: &StoreError) -> bool {
+    match e {
+        StoreError::Local { source, .. } => matches!(
+            source.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        ),
+        StoreError::InvalidKey(_) => true,
+        StoreError::S3(e) => e.is_fatal(),
+    }
+}
+
 /// A source partition: a Kafka topic partition, or an input file
 /// (`partition` `None`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
