@@ -212,6 +212,21 @@ impl Instance {
         );
     }
 
+    /// Waits at most `timeout` for the process to exit by itself; its exit
+    /// status if it did (the instance then has no process).
+    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let c = self.child.as_mut()?;
+            if let Some(st) = c.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
     /// SIGTERM, then waits for a clean exit.
     fn sigterm(&mut self) {
         let Some(mut c) = self.child.take() else {
@@ -812,7 +827,12 @@ fn signal(child: &Child, sig: &str) {
 /// dead process's). Then one instance is frozen with SIGSTOP until the
 /// other has taken over its partitions and the broker has aborted its open
 /// transaction, and is resumed: a zombie, whose transaction must fail as
-/// fenced. A `read_committed` consumer then sees every enriched record,
+/// fenced. A fenced producer is fatal (the same error as a second process
+/// running under this instance id): the zombie stops within seconds with
+/// exit code 3 and one `smsvoice run: fatal: Kafka producer fenced` line,
+/// and is started again, as Kubernetes would. (Were no transaction of the
+/// zombie open when it froze, nothing fences it and it carries on.) A
+/// `read_committed` consumer then sees every enriched record,
 /// alarm, limit and dead letter exactly once, the opt-out changelog and the
 /// spend topic equal the generator's truth, and the archive has each row
 /// once (DuckDB).
@@ -925,6 +945,36 @@ fn exactly_once_survives_sigkills_and_a_zombie() {
     std::thread::sleep(Duration::from_secs(12)); // > transaction_timeout_ms
     if let Some(c) = inst[0].child.as_ref() {
         signal(c, "-CONT");
+    }
+    match inst[0].wait_exit(Duration::from_secs(45)) {
+        Some(st) => {
+            let text = std::fs::read_to_string(&inst[0].log).unwrap_or_default();
+            let since = text.get(frozen_log as usize..).unwrap_or_default();
+            let fatal: Vec<&str> = since
+                .lines()
+                .filter(|l| l.starts_with("smsvoice run: "))
+                .collect();
+            assert_eq!(
+                st.code(),
+                Some(3),
+                "the fenced zombie's exit: {st}\n{}",
+                inst[0].log_text()
+            );
+            assert_eq!(
+                fatal.len(),
+                1,
+                "one line: {fatal:?}\n{}",
+                inst[0].log_text()
+            );
+            assert!(
+                fatal[0].starts_with("smsvoice run: fatal: Kafka producer fenced ("),
+                "{}",
+                fatal[0]
+            );
+            eprintln!("zombie exited (code 3): {}", fatal[0]);
+            inst[0] = Instance::start(&cfg_path, "a", dir.path());
+        }
+        None => eprintln!("the zombie was not fenced (no transaction open when it froze)"),
     }
 
     wait_until(

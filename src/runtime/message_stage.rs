@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::formats::Format;
 use super::records::{dead_letter, partition_of, OutRecord};
 use super::restore::replay_values;
 use super::stage::{InRecord, Logic};
@@ -174,7 +175,7 @@ impl Logic for MessageStage {
             ));
             if let Some(a) = self.archive.as_mut() {
                 a.append_event_at(e, &at, processed_at)
-                    .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+                    .map_err(RuntimeError::Archive)?;
             }
         }
         for p in &self.out.partials {
@@ -185,7 +186,7 @@ impl Logic for MessageStage {
             out.push(dead_letter(&self.dead_topic, d, rec.timestamp_ms));
             if let Some(a) = self.archive.as_mut() {
                 a.append_dead_letter_at(d, &at, rec.timestamp_ms, 0, processed_at)
-                    .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+                    .map_err(RuntimeError::Archive)?;
             }
         }
         Ok(())
@@ -197,7 +198,8 @@ impl Logic for MessageStage {
 
     fn before_commit(&mut self, _: &Shared, out: &mut Vec<OutRecord>) {
         for p in std::mem::take(&mut self.pending).into_values() {
-            let mut o = OutRecord::json(&self.partials_topic, p.key(), &p);
+            let mut o = OutRecord::json(&self.partials_topic, p.key(), &p)
+                .with_format(Format::SpendPartial);
             o.partition = Some(partition_of(
                 &format!("{}|{}", p.month, p.channel),
                 self.partials_partitions,

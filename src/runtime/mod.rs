@@ -18,30 +18,42 @@
 //! disk. The delivery guarantee of each output is written down in the
 //! README's design section and in `docs/kafka-runtime-design.md`.
 //!
-//! Every librdkafka client of an instance has a [`ClientWatch`] context:
-//! the first fatal Kafka error (authentication, TLS, authorization;
-//! [`crate::kafka::client::fatal_cause`]) any of them sees is kept in
-//! [`Metrics::fatal`], and the instance then stops
-//! ([`RuntimeError::Fatal`]) instead of retrying forever.
+//! Failures are handled by class ([`RuntimeError::class`], an
+//! [`ErrorClass`]): bad input never fails (it becomes dead letters); a
+//! retryable error is retried in place with backoff, keeping the restored
+//! state ([`retry`]); an abortable one aborts the transaction and rewinds to
+//! the last commit; a fatal one stops the instance with one line and a
+//! non-zero exit code ([`Fatal::exit_code`]). Every librdkafka client of an
+//! instance has a [`ClientWatch`] context: the first fatal Kafka error
+//! (authentication, TLS, authorization, a fenced producer, a fatal
+//! librdkafka error; [`crate::kafka::client::fatal_cause`]) any of them sees
+//! is kept in [`Metrics::fatal`]; a loop that fails fatally records its error
+//! there or in [`Metrics::halt`] (archive refusals, unreadable internal
+//! records), and the instance then stops ([`RuntimeError::Fatal`]) instead
+//! of retrying forever.
 
+pub mod formats;
 pub mod message_stage;
 pub mod optout_stage;
 pub mod records;
 pub mod replica;
 pub mod restore;
+pub mod retry;
 pub mod router;
 pub mod stage;
 pub mod totals_stage;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::archive::Store;
+pub use self::formats::RecordError;
+use crate::archive::{ArchiveError, Store, StoreError};
 use crate::config::Config;
 use crate::kafka::admin::ensure_topics_watched;
 use crate::kafka::admin::{EVENTS_BY_MESSAGE, INBOUND_BY_NUMBER, SPEND_PARTIALS};
+pub use crate::kafka::client::ErrorClass;
 use crate::kafka::client::{ClientWatch, FatalError, FatalSlot};
 use crate::kafka::{all_topics, ClientError, KafkaConfig};
 use crate::stages::view::View;
@@ -52,20 +64,137 @@ pub enum RuntimeError {
     /// The configuration has no `[kafka]` section or it is invalid.
     #[error("configuration: {0}")]
     Config(String),
-    /// Kafka failed (classified by [`ClientError::is_retryable`]).
+    /// Kafka failed (classified by [`ClientError::class`]).
     #[error(transparent)]
     Kafka(#[from] ClientError),
-    /// The archive failed.
+    /// The archive failed (its store error says whether retrying may help).
     #[error("archive: {0}")]
-    Archive(String),
+    Archive(#[from] ArchiveError),
+    /// The archive store could not be opened.
+    #[error("archive: open {uri}: {source}")]
+    ArchiveOpen {
+        /// The archive location.
+        uri: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// An internal record could not be read (fatal: never skipped).
+    #[error(transparent)]
+    Record(#[from] RecordError),
     /// A stage thread died (a bug).
     #[error("stage {0} stopped unexpectedly: {1}")]
     Stage(&'static str, String),
-    /// A fatal Kafka error (authentication, TLS, authorization: see
-    /// [`crate::kafka::client::fatal_cause`]) stopped the instance: retrying
-    /// cannot fix it. `smsvoice run` exits with code 3.
+    /// A fatal error stopped the instance: retrying cannot fix it.
+    /// `smsvoice run` exits with [`Fatal::exit_code`].
     #[error("fatal: {0}")]
-    Fatal(Box<FatalError>),
+    Fatal(Box<Fatal>),
+}
+
+impl RuntimeError {
+    /// What to do about this error:
+    ///
+    /// | error | class |
+    /// |---|---|
+    /// | Kafka | [`ClientError::class`]: broker unavailable, timeouts, throttling, rebalances `Retryable`; abortable transaction errors and undelivered records `Abort`; authentication, authorization, TLS, a fenced producer, a fatal librdkafka error, an invalid configuration `Fatal`; anything else `Restart` |
+    /// | archive | `Retryable` when its store says so (network, timeouts, throttling, 5xx); `Fatal` when the store refuses this process (missing or rejected credentials, access denied, no such bucket) or rows cannot be encoded; else `Restart` |
+    /// | unreadable internal record | `Fatal` |
+    /// | configuration, a stage bug, an already fatal error | `Fatal` |
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            RuntimeError::Kafka(e) => e.class(),
+            RuntimeError::Archive(e) => archive_class(e.is_retryable(), e.is_fatal()),
+            RuntimeError::ArchiveOpen { source, .. } => archive_class(
+                source.is_retryable(),
+                crate::archive::writer::store_refuses(source),
+            ),
+            RuntimeError::Record(_)
+            | RuntimeError::Config(_)
+            | RuntimeError::Stage(..)
+            | RuntimeError::Fatal(_) => ErrorClass::Fatal,
+        }
+    }
+
+    /// True for a Kafka error saying the consumer group is rebalancing
+    /// ([`ClientError::is_rebalance`]).
+    pub fn is_rebalance(&self) -> bool {
+        matches!(self, RuntimeError::Kafka(e) if e.is_rebalance())
+    }
+
+    /// The fatal error this is, to stop the instance with (`client`: the
+    /// loop that saw it): `None` when it is not fatal, or fatal without one
+    /// line of its own to report (configuration, a stage bug: the loop ends
+    /// with it and the instance stops, exit code 1).
+    pub fn fatal(&self, kafka: &KafkaConfig, client: &str) -> Option<Fatal> {
+        if self.class() != ErrorClass::Fatal {
+            return None;
+        }
+        match self {
+            RuntimeError::Kafka(e) => {
+                FatalError::from_client_error(kafka, client, e).map(Fatal::Kafka)
+            }
+            RuntimeError::Archive(_) | RuntimeError::ArchiveOpen { .. } => {
+                Some(Fatal::Archive(one_line(&self.to_string())))
+            }
+            RuntimeError::Record(r) => Some(Fatal::Record(r.clone())),
+            RuntimeError::Fatal(f) => Some((**f).clone()),
+            RuntimeError::Config(_) | RuntimeError::Stage(..) => None,
+        }
+    }
+}
+
+fn archive_class(retryable: bool, fatal: bool) -> ErrorClass {
+    if fatal {
+        ErrorClass::Fatal
+    } else if retryable {
+        ErrorClass::Retryable
+    } else {
+        ErrorClass::Restart
+    }
+}
+
+/// `s` on one line (store and SDK messages may hold line breaks).
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Why an instance stopped for good: the one line `smsvoice run` prints
+/// (`smsvoice run: fatal: ...`) before exiting with [`Fatal::exit_code`],
+/// so that Kubernetes restarts the pod and alerting sees the cause.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    /// Kafka refused this process or its client cannot go on:
+    /// authentication, TLS trust, authorization, a fenced producer, a fatal
+    /// librdkafka error, an invalid client configuration. Exit code 3.
+    #[error("{0}")]
+    Kafka(FatalError),
+    /// The archive store refused this process (missing or rejected
+    /// credentials, access denied, no such bucket) or cannot encode its
+    /// rows. Exit code 4.
+    #[error("{0}")]
+    Archive(String),
+    /// An internal record (spend partial, spend state, opt-out change) is
+    /// unreadable or written by a newer smsvoice. Exit code 5.
+    #[error(transparent)]
+    Record(RecordError),
+}
+
+/// Exit code of `smsvoice run` after a fatal Kafka error.
+pub const EXIT_FATAL_KAFKA: u8 = 3;
+/// Exit code of `smsvoice run` after a fatal archive error.
+pub const EXIT_FATAL_ARCHIVE: u8 = 4;
+/// Exit code of `smsvoice run` after an unreadable internal record.
+pub const EXIT_FATAL_RECORD: u8 = 5;
+
+impl Fatal {
+    /// The exit code of `smsvoice run`: [`EXIT_FATAL_KAFKA`],
+    /// [`EXIT_FATAL_ARCHIVE`] or [`EXIT_FATAL_RECORD`].
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Fatal::Kafka(_) => EXIT_FATAL_KAFKA,
+            Fatal::Archive(_) => EXIT_FATAL_ARCHIVE,
+            Fatal::Record(_) => EXIT_FATAL_RECORD,
+        }
+    }
 }
 
 /// Counters of one running instance, updated by the loops.
@@ -104,12 +233,40 @@ pub struct Metrics {
     /// the instance stops ([`Shared::fatal`]). Kept here, with the other
     /// shared run-time state, so that a `Shared` is built as before.
     pub fatal: FatalSlot,
+    /// The first other fatal error a loop met (an archive refusal, an
+    /// unreadable internal record): once set, the instance stops too.
+    pub halt: OnceLock<Fatal>,
 }
 
 impl Metrics {
     /// Reads a counter.
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+
+    /// The instance's fatal error, once there is one (a Kafka one first).
+    pub fn first_fatal(&self) -> Option<Fatal> {
+        self.fatal
+            .get()
+            .map(|f| Fatal::Kafka(f.clone()))
+            .or_else(|| self.halt.get().cloned())
+    }
+
+    /// True once the instance has a fatal error.
+    pub fn has_fatal(&self) -> bool {
+        self.fatal.get().is_some() || self.halt.get().is_some()
+    }
+
+    /// Keeps `f` unless a fatal error is kept already.
+    pub fn record_fatal(&self, f: Fatal) {
+        match f {
+            Fatal::Kafka(k) => {
+                self.fatal.record(k);
+            }
+            other => {
+                let _ = self.halt.set(other);
+            }
+        }
     }
 }
 
@@ -151,9 +308,14 @@ impl Shared {
         self.shutdown.load(Ordering::SeqCst)
     }
 
-    /// The first fatal Kafka error of the instance, once there is one.
-    pub fn fatal(&self) -> Option<&FatalError> {
-        self.metrics.fatal.get()
+    /// The first fatal error of the instance, once there is one.
+    pub fn fatal(&self) -> Option<Fatal> {
+        self.metrics.first_fatal()
+    }
+
+    /// True once the instance has a fatal error.
+    pub fn has_fatal(&self) -> bool {
+        self.metrics.has_fatal()
     }
 
     /// The client context of librdkafka client `client` of this instance:
@@ -162,16 +324,15 @@ impl Shared {
         ClientWatch::new(&self.metrics.fatal, &self.kafka, client)
     }
 
-    /// For a loop that failed with `e`: records `e` when it is a fatal Kafka
-    /// error, and returns true when the instance has a fatal error (`e` or
-    /// an earlier one), so the loop returns instead of restarting.
+    /// For a loop that failed with `e`: records `e` when it is fatal
+    /// ([`RuntimeError::fatal`]), and returns true when the instance has a
+    /// fatal error (`e` or an earlier one), so the loop returns instead of
+    /// restarting.
     pub fn fatal_stop(&self, client: &str, e: &RuntimeError) -> bool {
-        if let RuntimeError::Kafka(ce) = e {
-            if let Some(f) = FatalError::from_client_error(&self.kafka, client, ce) {
-                self.metrics.fatal.record(f);
-            }
+        if let Some(f) = e.fatal(&self.kafka, client) {
+            self.metrics.record_fatal(f);
         }
-        self.fatal().is_some()
+        self.has_fatal()
     }
 }
 
@@ -245,8 +406,13 @@ impl Instance {
         let store = match &cfg.archive.uri {
             Some(uri) => {
                 cfg.archive.validate().map_err(RuntimeError::Config)?;
-                let store = block_on(&handle, Store::open(uri, &cfg.archive))
-                    .map_err(|e| RuntimeError::Archive(format!("open {uri}: {e}")))?;
+                let store =
+                    block_on(&handle, Store::open(uri, &cfg.archive)).map_err(|source| {
+                        RuntimeError::ArchiveOpen {
+                            uri: uri.clone(),
+                            source,
+                        }
+                    })?;
                 Some(Arc::new(store))
             }
             None => None,
@@ -329,9 +495,9 @@ impl Instance {
         self.threads.iter().any(|(_, h)| h.is_finished())
     }
 
-    /// The first fatal Kafka error of the instance, once there is one: the
+    /// The first fatal error of the instance, once there is one: the
     /// instance should then be stopped ([`Instance::stop`] returns it).
-    pub fn fatal(&self) -> Option<&FatalError> {
+    pub fn fatal(&self) -> Option<Fatal> {
         self.shared.fatal()
     }
 
@@ -343,7 +509,7 @@ impl Instance {
     /// next owner).
     pub fn stop(self, grace: Duration) -> Result<(), RuntimeError> {
         self.request_stop();
-        let fatal = self.shared.fatal().is_some();
+        let fatal = self.shared.has_fatal();
         let grace = if fatal { grace.min(FATAL_GRACE) } else { grace };
         let deadline = Instant::now() + grace;
         let mut first_err = None;
@@ -380,15 +546,16 @@ impl Instance {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
         if let Some(f) = self.shared.fatal() {
-            return Err(RuntimeError::Fatal(Box::new(f.clone())));
+            return Err(RuntimeError::Fatal(Box::new(f)));
         }
         first_err.map_or(Ok(()), Err)
     }
 }
 
-/// How long the loops may take to finish after a fatal Kafka error (at most
-/// `kafka.shutdown_grace_ms`): the cluster refuses this instance, so there
-/// is little to commit.
+/// How long the loops may take to finish after a fatal error (at most
+/// `kafka.shutdown_grace_ms`): the cluster or the archive refuses this
+/// instance, or it cannot read its own state, so there is little to
+/// commit.
 pub const FATAL_GRACE: Duration = Duration::from_secs(10);
 
 /// The error `Instance::start` reports when creating the topics failed with
@@ -396,10 +563,10 @@ pub const FATAL_GRACE: Duration = Duration::from_secs(10);
 /// else `e`.
 fn startup_error(kafka: &KafkaConfig, fatal: &FatalSlot, e: ClientError) -> RuntimeError {
     if let Some(f) = fatal.get() {
-        return RuntimeError::Fatal(Box::new(f.clone()));
+        return RuntimeError::Fatal(Box::new(Fatal::Kafka(f.clone())));
     }
     match FatalError::from_client_error(kafka, "admin", &e) {
-        Some(f) => RuntimeError::Fatal(Box::new(f)),
+        Some(f) => RuntimeError::Fatal(Box::new(Fatal::Kafka(f))),
         None => RuntimeError::Kafka(e),
     }
 }
@@ -421,8 +588,10 @@ pub fn internal_topics(k: &KafkaConfig) -> [String; 3] {
 /// `smsvoice run`: starts an instance and runs it until SIGTERM or SIGINT,
 /// then stops it within `kafka.shutdown_grace_ms` (every loop finishes its
 /// record, commits what it holds and leaves its group). Logs progress every
-/// 10 seconds at info level. A fatal Kafka error (authentication, TLS,
-/// authorization), at start or later, stops the instance too and is
+/// 10 seconds at info level. A fatal error (Kafka: authentication, TLS,
+/// authorization, a fenced producer, a fatal librdkafka error, an invalid
+/// configuration; the archive store refusing this process; an unreadable
+/// internal record), at start or later, stops the instance too and is
 /// returned as [`RuntimeError::Fatal`].
 pub fn run_until_signal(cfg: Config) -> Result<(), RuntimeError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -452,8 +621,8 @@ pub fn run_until_signal(cfg: Config) -> Result<(), RuntimeError> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => return "SIGTERM",
                 _ = tick.tick() => log_progress(&metrics),
                 _ = check.tick() => {
-                    if instance.fatal().is_some() {
-                        return "fatal Kafka error";
+                    if instance.shared().has_fatal() {
+                        return "fatal error";
                     }
                     if instance.any_finished() {
                         return "a stage stopped";
@@ -484,4 +653,265 @@ fn log_progress(m: &Metrics) {
         rearchived = Metrics::get(&m.rearchived),
         "progress"
     );
+}
+
+/// A [`Shared`] for unit tests: the embedded default configuration, a
+/// `[kafka]` section pointing nowhere, no archive. Keep the runtime alive as
+/// long as the `Shared`.
+#[cfg(test)]
+pub(crate) fn test_shared() -> (Shared, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let cfg = Config::from_toml(crate::config::EMBEDDED_DEFAULT, "embedded default")
+        .expect("embedded default");
+    let view = View::new(&cfg.optout);
+    let shared = Shared {
+        cfg: Arc::new(cfg),
+        kafka: Arc::new(KafkaConfig::new("127.0.0.1:1")),
+        shutdown: Arc::new(AtomicBool::new(false)),
+        metrics: Arc::new(Metrics::default()),
+        view: Arc::new(RwLock::new(view)),
+        store: None,
+        io: rt.handle().clone(),
+        partitions: Arc::new(BTreeMap::new()),
+    };
+    (shared, rt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::s3::StoreError as S3Error;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    fn upload(source: StoreError) -> RuntimeError {
+        RuntimeError::Archive(ArchiveError::Store {
+            key: "delivery_events/event_date=2025-11-01/channel=SMS/x.parquet".into(),
+            source,
+        })
+    }
+
+    fn s3(e: S3Error) -> RuntimeError {
+        upload(StoreError::S3(Box::new(e)))
+    }
+
+    fn local(kind: std::io::ErrorKind) -> RuntimeError {
+        upload(StoreError::Local {
+            op: "write",
+            path: "/archive/x".into(),
+            source: std::io::Error::from(kind),
+        })
+    }
+
+    #[test]
+    fn every_runtime_error_has_a_class() {
+        use ErrorClass::{Abort, Fatal as F, Restart, Retryable};
+        let k = |e: KafkaError| RuntimeError::Kafka(ClientError::kafka("x", e));
+        let cases = [
+            (
+                k(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)),
+                Retryable,
+            ),
+            (
+                k(KafkaError::ConsumerCommit(
+                    RDKafkaErrorCode::IllegalGeneration,
+                )),
+                Retryable,
+            ),
+            (
+                RuntimeError::Kafka(ClientError::Delivery("x".into())),
+                Abort,
+            ),
+            (
+                k(KafkaError::MessageProduction(RDKafkaErrorCode::Fenced)),
+                F,
+            ),
+            (k(KafkaError::Global(RDKafkaErrorCode::Fatal)), F),
+            (k(KafkaError::Seek("x".into())), Restart),
+            // The archive: its store's verdict.
+            (
+                s3(S3Error::Server {
+                    operation: "PutObject",
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    status: 503,
+                    code: "SlowDown".into(),
+                    message: "x".into(),
+                }),
+                Retryable,
+            ),
+            (
+                s3(S3Error::Timeout {
+                    operation: "PutObject",
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    message: "x".into(),
+                }),
+                Retryable,
+            ),
+            (
+                s3(S3Error::Throttled {
+                    operation: "PutObject",
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    code: "SlowDown".into(),
+                    message: "x".into(),
+                }),
+                Retryable,
+            ),
+            (
+                s3(S3Error::CredentialsUnavailable {
+                    operation: "PutObject",
+                    message: "IMDS timed out".into(),
+                }),
+                Retryable,
+            ),
+            (
+                s3(S3Error::NoCredentials {
+                    operation: "PutObject",
+                    message: "no provider had credentials".into(),
+                }),
+                F,
+            ),
+            (
+                s3(S3Error::AccessDenied {
+                    operation: "PutObject",
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    code: "InvalidAccessKeyId".into(),
+                    message: "The AWS Access Key Id you provided does not exist\nin our records."
+                        .into(),
+                }),
+                F,
+            ),
+            (
+                s3(S3Error::NoSuchBucket {
+                    operation: "PutObject",
+                    bucket: "b".into(),
+                }),
+                F,
+            ),
+            (
+                s3(S3Error::Rejected {
+                    operation: "CompleteMultipartUpload",
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    status: 404,
+                    code: "NoSuchUpload".into(),
+                    message: "x".into(),
+                }),
+                Restart,
+            ),
+            (local(std::io::ErrorKind::TimedOut), Retryable),
+            (local(std::io::ErrorKind::PermissionDenied), F),
+            (local(std::io::ErrorKind::NotFound), Restart),
+            (
+                RuntimeError::Archive(ArchiveError::PastForcedEnd {
+                    source_name: "t".into(),
+                    partition: Some(0),
+                    offset: 9,
+                    end: 5,
+                }),
+                Restart,
+            ),
+            (
+                RuntimeError::Record(RecordError::Unreadable {
+                    what: "spend partial",
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 1,
+                    detail: "x".into(),
+                }),
+                F,
+            ),
+            (RuntimeError::Config("x".into()), F),
+            (
+                RuntimeError::Stage("totals", "view lock poisoned".into()),
+                F,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.class(), want, "{e}");
+        }
+    }
+
+    #[test]
+    fn fatal_errors_stop_the_instance_with_their_exit_code() {
+        let (shared, _rt) = test_shared();
+        // Not fatal: nothing recorded, the loop restarts.
+        let retry = s3(S3Error::Timeout {
+            operation: "PutObject",
+            bucket: "b".into(),
+            key: "k".into(),
+            message: "x".into(),
+        });
+        assert!(!shared.fatal_stop("messages", &retry));
+        assert!(shared.fatal().is_none());
+        // Configuration and stage bugs end the loop without a line of their
+        // own (exit code 1).
+        assert!(RuntimeError::Config("x".into())
+            .fatal(&shared.kafka, "x")
+            .is_none());
+        // An archive refusal: one line, exit code 4.
+        let denied = s3(S3Error::AccessDenied {
+            operation: "PutObject",
+            bucket: "b".into(),
+            key: "k".into(),
+            code: "InvalidAccessKeyId".into(),
+            message: "The AWS Access Key Id you provided does not exist\nin our records.".into(),
+        });
+        assert!(shared.fatal_stop("messages", &denied));
+        let f = shared.fatal().expect("recorded");
+        assert_eq!(f.exit_code(), EXIT_FATAL_ARCHIVE);
+        let line = f.to_string();
+        assert!(
+            line.starts_with("archive: uploading delivery_events/"),
+            "{line}"
+        );
+        assert!(
+            line.contains("access denied (InvalidAccessKeyId)"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+        // The first fatal error is kept; a Kafka one is reported first.
+        let record = RuntimeError::Record(RecordError::Unreadable {
+            what: "spend partial",
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            detail: "x".into(),
+        });
+        assert!(shared.fatal_stop("totals", &record));
+        assert_eq!(
+            shared.fatal().map(|f| f.exit_code()),
+            Some(EXIT_FATAL_ARCHIVE)
+        );
+        let fenced = RuntimeError::Kafka(ClientError::kafka(
+            "abort transaction",
+            KafkaError::MessageProduction(RDKafkaErrorCode::Fenced),
+        ));
+        assert!(shared.fatal_stop("optouts producer", &fenced));
+        let f = shared.fatal().expect("kafka");
+        assert_eq!(f.exit_code(), EXIT_FATAL_KAFKA);
+        assert!(
+            f.to_string()
+                .starts_with("Kafka producer fenced (optouts producer at 127.0.0.1:1): "),
+            "{f}"
+        );
+        assert_eq!(
+            RuntimeError::Fatal(Box::new(f))
+                .to_string()
+                .split_once(": ")
+                .map(|p| p.0),
+            Some("fatal")
+        );
+        let (other, _rt2) = test_shared();
+        assert!(other.fatal_stop("totals", &record));
+        assert_eq!(
+            other.fatal().map(|f| f.exit_code()),
+            Some(EXIT_FATAL_RECORD)
+        );
+    }
 }

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::formats::Format;
 use super::records::{dead_letter, OutRecord};
 use super::restore::replay_values;
 use super::stage::{InRecord, Logic};
@@ -115,15 +116,18 @@ impl Logic for OptOutStage {
             ));
             if let Some(a) = self.archive.as_mut() {
                 a.append_inbound_at(i, &at, rec.timestamp_ms.unwrap_or(0), processed_at)
-                    .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+                    .map_err(RuntimeError::Archive)?;
             }
         }
         for c in &self.out.changes {
-            out.push(OutRecord::json(
-                &k.optout_changelog,
-                format!("{}|{}", c.opt_out_list, c.number),
-                c,
-            ));
+            out.push(
+                OutRecord::json(
+                    &k.optout_changelog,
+                    format!("{}|{}", c.opt_out_list, c.number),
+                    c,
+                )
+                .with_format(Format::OptOutChange),
+            );
         }
         for r in &self.out.replies {
             out.push(OutRecord::json(&k.replies, r.to.as_bytes(), r));
@@ -133,7 +137,7 @@ impl Logic for OptOutStage {
             out.push(dead_letter(&k.dead_letters, d, rec.timestamp_ms));
             if let Some(a) = self.archive.as_mut() {
                 a.append_dead_letter_at(d, &at, rec.timestamp_ms, 0, processed_at)
-                    .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+                    .map_err(RuntimeError::Archive)?;
             }
         }
         Ok(())

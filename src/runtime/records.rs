@@ -9,7 +9,12 @@
 //! | alarms | alarm record id | the alarm or LIMIT_REACHED record |
 //! | replies | customer number | the reply record |
 //! | dead letters | source `topic:partition:offset` | the original bytes, reason in headers |
+//!
+//! The records smsvoice reads back itself (opt-out changelog, spend,
+//! spend partials) carry the header `smsvoice.format` with their format
+//! version ([`super::formats`], [`OutRecord::with_format`]).
 
+use super::formats::Format;
 use crate::dead_letter::DeadLetter;
 
 /// A record to produce.
@@ -40,6 +45,13 @@ impl OutRecord {
             headers: Vec::new(),
             timestamp_ms: None,
         }
+    }
+
+    /// Marks the record with its format version (the `smsvoice.format`
+    /// header, see [`super::formats`]).
+    pub fn with_format(mut self, f: Format) -> OutRecord {
+        self.headers.push(f.header());
+        self
     }
 
     /// A JSON value (serialising the runtime's own types cannot fail; if it

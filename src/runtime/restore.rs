@@ -12,7 +12,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use std::sync::Arc;
 
-use super::stage::{GapProbe, InRecord};
+use super::retry::in_place;
+use super::stage::{GapProbe, InRecord, PollErrors};
 use super::{RuntimeError, Shared};
 use crate::kafka::client::ClientWatch;
 use crate::kafka::{consumer_config, ClientError};
@@ -71,6 +72,35 @@ pub fn replay_range(
     until: Option<i64>,
     mut f: impl FnMut(&InRecord<'_>),
 ) -> Result<u64, RuntimeError> {
+    try_replay_range(shared, topic, partition, from, until, |rec| {
+        f(rec);
+        Ok(())
+    })
+}
+
+/// [`replay`] with a fallible `f`: the first error `f` returns (an internal
+/// record that cannot be read, say) ends the replay and is returned.
+pub fn try_replay(
+    shared: &Shared,
+    topic: &str,
+    partition: i32,
+    until: Option<i64>,
+    f: impl FnMut(&InRecord<'_>) -> Result<(), RuntimeError>,
+) -> Result<u64, RuntimeError> {
+    try_replay_range(shared, topic, partition, None, until, f)
+}
+
+/// [`replay_range`] with a fallible `f` (see [`try_replay`]). The broker
+/// calls are retried in place ([`in_place`]); a fatal consumer error ends
+/// the replay.
+pub fn try_replay_range(
+    shared: &Shared,
+    topic: &str,
+    partition: i32,
+    from: Option<i64>,
+    until: Option<i64>,
+    mut f: impl FnMut(&InRecord<'_>) -> Result<(), RuntimeError>,
+) -> Result<u64, RuntimeError> {
     let started = Instant::now();
     let mut cfg = consumer_config(&shared.kafka, "restore");
     // No group membership, no commits: a plain reader.
@@ -78,9 +108,11 @@ pub fn replay_range(
     let consumer: BaseConsumer<ClientWatch> = cfg
         .create_with_context(shared.watch("restore reader"))
         .map_err(|e| kafka("create restore consumer", e))?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, CALL_TIMEOUT)
-        .map_err(|e| kafka("fetch watermarks", e))?;
+    let (low, high) = in_place(shared, "restore", "fetch watermarks", || {
+        consumer
+            .fetch_watermarks(topic, partition, CALL_TIMEOUT)
+            .map_err(|e| kafka("fetch watermarks", e))
+    })?;
     // A committed offset is a fact about the log: read up to it even when the
     // broker's reported high watermark lags behind it (seen with tansu).
     if let Some(u) = until {
@@ -119,6 +151,7 @@ pub fn replay_range(
     // real (transaction markers, compaction) and costs nothing.
     let mut expected = low;
     let mut probe: Option<GapProbe> = None;
+    let mut poll_errors = PollErrors::default();
     loop {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
@@ -143,20 +176,13 @@ pub fn replay_range(
                 if m.offset() >= end {
                     break;
                 }
-                f(&InRecord::of(&m));
+                f(&InRecord::of(&m))?;
                 n += 1;
                 if m.offset() + 1 >= end {
                     break;
                 }
             }
-            Some(Err(e)) => {
-                if shared.fatal().is_some() {
-                    // Recorded by the context: the instance stops with it.
-                    tracing::debug!(topic, partition, error = %e, "restore read error");
-                } else {
-                    tracing::warn!(topic, partition, error = %e, "restore read error");
-                }
-            }
+            Some(Err(e)) => poll_errors.check(shared, "restore", "restore read", e, false)?,
             None => {
                 // Transaction markers take offsets too: the position may
                 // reach the end without a record at end - 1.

@@ -18,17 +18,38 @@
 //!   transaction and **rewinds** every partition still owned to its
 //!   committed offset (state rebuilt), so no transaction ever commits
 //!   offsets of a partition this instance no longer owns.
-//! * **Errors**: bad input never reaches here as an error (the logic turns it
-//!   into dead letters). A Kafka or archive error ends the attempt: the
-//!   clients are dropped (uncommitted work is redone from the last commit,
-//!   by this instance or another) and the stage starts again after a backoff
-//!   (1 s doubling to 30 s), logging each failure; it never exits the
-//!   process for a broker outage. A fatal Kafka error (authentication, TLS,
-//!   authorization: `kafka::client::fatal_cause`), seen by a client's
-//!   context or returned by a call, is not retried: the instance stops.
-//! * **Backpressure**: a full producer queue blocks the loop (the consumer is
-//!   not polled meanwhile), and a commit point is forced after
-//!   `max_in_flight_records` reads, which bounds archive buffers too.
+//! * **Errors**, by class ([`RuntimeError::class`]): bad input never reaches
+//!   here as an error (the logic turns it into dead letters).
+//!   - *Retryable* (broker unavailable, timeouts, throttling, S3 5xx): the
+//!     failed operation (committing offsets, sending offsets to or
+//!     committing the transaction, flushing, uploading the archive, reading
+//!     committed offsets or watermarks, restoring a partition, initialising
+//!     transactions) is retried in place with backoff, keeping the restored
+//!     state ([`retry::in_place`], at most [`retry::IN_PLACE_BUDGET`]); an
+//!     at-least-once offset commit refused because the group is rebalancing
+//!     is left for the next commit point, the consumer being polled through
+//!     the rebalance meanwhile.
+//!   - *Abort* (librdkafka's abortable transaction errors, records not
+//!     delivered): the transaction is aborted and every partition rewound to
+//!     its last commit ([`rewind`]), at most [`MAX_REWINDS`] times between
+//!     two commits.
+//!   - *Restart* (anything unexpected, or a retry budget spent): the attempt
+//!     ends, the clients are dropped (uncommitted work is redone from the
+//!     last commit, by this instance or another) and the stage starts again
+//!     after a backoff ([`retry::Restarts`]: 1 s doubling to 30 s), logging
+//!     each failure; it never exits the process for a broker outage.
+//!   - *Fatal* (authentication, TLS, authorization, a fenced producer, a
+//!     fatal librdkafka error, an invalid configuration, an unreadable
+//!     internal record, the archive store refusing this process), seen by a
+//!     client's context or returned by a call: never retried; the error is
+//!     recorded for the instance, which stops, and `smsvoice run` exits
+//!     non-zero with one line.
+//! * **Backpressure**: a full producer queue blocks the loop; after
+//!   [`QUEUE_FULL_PAUSE_AFTER`] the consumer's partitions are paused and it is
+//!   polled while waiting, so rebalances, consumer errors and
+//!   `max.poll.interval.ms` are served (paused partitions resume where they
+//!   were). A commit point is forced after `max_in_flight_records` reads,
+//!   which bounds archive buffers too.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,15 +59,17 @@ use std::time::{Duration, Instant};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::formats::FORMAT_HEADER;
 use super::records::OutRecord;
-use super::restore::replay_range;
+use super::restore::try_replay_range;
+use super::retry::{self, in_place};
 use super::{RuntimeError, Shared};
 use crate::archive::writer::{ArchiveWriter, SourceKey};
-use crate::kafka::client::ClientWatch;
+use crate::kafka::client::{ClientWatch, ErrorClass};
 use crate::kafka::{consumer_config, producer_config, ClientError};
 
 /// How long one poll waits for a record.
@@ -69,6 +92,9 @@ pub struct InRecord<'a> {
     pub value: &'a [u8],
     /// Record timestamp (ms), if any.
     pub timestamp_ms: Option<i64>,
+    /// The value of the record's [`FORMAT_HEADER`], if it has one (see
+    /// [`super::formats`]).
+    pub format: Option<&'a [u8]>,
 }
 
 impl<'a> InRecord<'a> {
@@ -81,6 +107,11 @@ impl<'a> InRecord<'a> {
             key: m.key(),
             value: m.payload().unwrap_or(&[]),
             timestamp_ms: m.timestamp().to_millis(),
+            format: m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == FORMAT_HEADER)
+                    .and_then(|h| h.value)
+            }),
         }
     }
 }
@@ -139,6 +170,57 @@ pub trait Logic {
 
 /// How often an idle loop asks its [`Logic::idle`].
 pub const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// How long a consumer's poll may keep returning an authentication, TLS or
+/// authorization error before the loop ends with it, if no client's context
+/// has recorded a fatal error meanwhile.
+pub const SECURITY_POLL_GRACE: Duration = Duration::from_secs(5);
+
+/// What a loop does with the errors its consumer's `poll` returns. Most are
+/// logged: librdkafka recovers from them itself (reconnects, rejoins the
+/// group). A fatal one ends the loop: a fenced or otherwise fatal client, an
+/// invalid configuration at once; an authentication, TLS or authorization
+/// error once it has lasted [`SECURITY_POLL_GRACE`], since a poll only has
+/// the error code while the clients' contexts record the same failure with
+/// the broker's own words (the line the process exits with), and a consumer
+/// may be the only client refused (a group ACL).
+#[derive(Debug, Default)]
+pub(crate) struct PollErrors {
+    security_since: Option<Instant>,
+}
+
+impl PollErrors {
+    /// `Err` when the loop must end with `e` (from `what`, e.g.
+    /// `"consume"`); else logs it (at debug level when `quiet`, or once the
+    /// instance has a fatal error: it is stopping with it).
+    pub(crate) fn check(
+        &mut self,
+        shared: &Shared,
+        stage: &str,
+        what: &str,
+        e: KafkaError,
+        quiet: bool,
+    ) -> Result<(), RuntimeError> {
+        use crate::kafka::client::FatalCause;
+        let e = ClientError::kafka(what, e);
+        if e.class() == ErrorClass::Fatal {
+            let security = matches!(
+                e.fatal_cause(),
+                Some(FatalCause::Authentication | FatalCause::Tls | FatalCause::Authorization)
+            );
+            let since = *self.security_since.get_or_insert_with(Instant::now);
+            if !security || shared.has_fatal() || since.elapsed() >= SECURITY_POLL_GRACE {
+                return Err(RuntimeError::Kafka(e));
+            }
+        }
+        if quiet || shared.has_fatal() {
+            tracing::debug!(stage, error = %e, "consumer error");
+        } else {
+            tracing::warn!(stage, error = %e, "consumer error");
+        }
+        Ok(())
+    }
+}
 
 /// Rebalance events, recorded by the consumer's context and handled by the
 /// loop between two polls.
@@ -220,37 +302,32 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// Runs a stage until shutdown, restarting it after external failures.
+/// Runs a stage until shutdown, restarting it after failures that are not
+/// fatal (see the module documentation).
 pub fn run<L: Logic>(shared: &Shared, mut logic: L) -> Result<(), RuntimeError> {
-    let mut backoff = Duration::from_secs(1);
+    let mut restarts = retry::Restarts::default();
     loop {
-        match attempt(shared, &mut logic) {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                if shared.fatal_stop(logic.name(), &e) {
-                    // Retrying cannot fix it: the instance stops with it.
-                    return Err(e);
-                }
-                if shared.stopping() {
-                    tracing::warn!(stage = logic.name(), error = %e, "failed while stopping");
-                    return Ok(());
-                }
-                if matches!(e, RuntimeError::Config(_) | RuntimeError::Stage(..)) {
-                    return Err(e);
-                }
-                tracing::warn!(
-                    stage = logic.name(),
-                    error = %e,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "stage failed; restarting from the last commit"
-                );
-                let until = Instant::now() + backoff;
-                while Instant::now() < until && !shared.stopping() {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
+        let started = Instant::now();
+        let Err(e) = attempt(shared, &mut logic) else {
+            return Ok(());
+        };
+        if shared.fatal_stop(logic.name(), &e) || e.class() == ErrorClass::Fatal {
+            // Retrying cannot fix it: the instance stops with it.
+            return Err(e);
         }
+        if shared.stopping() {
+            tracing::warn!(stage = logic.name(), error = %e, "failed while stopping");
+            return Ok(());
+        }
+        let wait = restarts.next(started.elapsed());
+        tracing::warn!(
+            stage = logic.name(),
+            error = %e,
+            class = ?e.class(),
+            retry_in_ms = wait.as_millis() as u64,
+            "stage failed; restarting from the last commit"
+        );
+        retry::sleep_unless_stopping(&shared.shutdown, wait);
     }
 }
 
@@ -277,9 +354,11 @@ fn attempt<L: Logic>(shared: &Shared, logic: &mut L) -> Result<(), RuntimeError>
         })
         .map_err(|e| kafka("create producer", e))?;
     if eos {
-        producer
-            .init_transactions(CALL_TIMEOUT)
-            .map_err(|e| kafka("init transactions", e))?;
+        in_place(shared, logic.name(), "init transactions", || {
+            producer
+                .init_transactions(CALL_TIMEOUT)
+                .map_err(|e| kafka("init transactions", e))
+        })?;
     }
     let topics = logic.topics(shared);
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -297,6 +376,9 @@ fn attempt<L: Logic>(shared: &Shared, logic: &mut L) -> Result<(), RuntimeError>
         gaps: BTreeMap::new(),
         last_expected: BTreeMap::new(),
         archived: BTreeMap::new(),
+        rewinds: 0,
+        in_events: false,
+        poll_errors: PollErrors::default(),
     };
     let result = drive(shared, logic, &consumer, &producer, &mut s);
     if result.is_err() {
@@ -335,7 +417,17 @@ struct LoopState {
     /// known to be uploaded (stored with each committed offset as
     /// [`ARCHIVED_META`]; see [`commit`]).
     archived: BTreeMap<(String, i32), i64>,
+    /// Rewinds since the last commit (see [`MAX_REWINDS`]).
+    rewinds: u32,
+    /// True while rebalance events are handled.
+    in_events: bool,
+    /// The consumer's poll errors.
+    poll_errors: PollErrors,
 }
+
+/// How many times a stage rewinds after an abortable error without a commit
+/// in between before it restarts instead.
+pub const MAX_REWINDS: u32 = 5;
 
 /// Committed-offset metadata: `smsvoice.archived=<offset>`, the offset below
 /// which the archive files of the partition are known to be uploaded.
@@ -348,78 +440,104 @@ fn drive<L: Logic>(
     producer: &ThreadedProducer<DeliveryContext>,
     s: &mut LoopState,
 ) -> Result<(), RuntimeError> {
+    let mut out: Vec<OutRecord> = Vec::new();
+    loop {
+        match step(shared, logic, consumer, producer, s, &mut out) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) if e.class() == ErrorClass::Abort && !s.in_events && s.rewinds < MAX_REWINDS => {
+                // The work since the last commit cannot be committed: abort
+                // it and redo it, keeping the clients and the assignment.
+                tracing::warn!(
+                    stage = logic.name(),
+                    error = %e,
+                    "aborting the work since the last commit"
+                );
+                out.clear();
+                s.rewinds += 1;
+                rewind(shared, logic, consumer, producer, s)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One turn of the loop: poll, handle rebalance events, process what was
+/// read, commit when due. False once the stage has stopped (shutdown, with
+/// what it held committed).
+fn step<L: Logic>(
+    shared: &Shared,
+    logic: &mut L,
+    consumer: &BaseConsumer<StageContext>,
+    producer: &ThreadedProducer<DeliveryContext>,
+    s: &mut LoopState,
+    out: &mut Vec<OutRecord>,
+) -> Result<bool, RuntimeError> {
     let k = &shared.kafka;
     let eos = k.exactly_once;
     let interval = Duration::from_millis(k.commit_interval_ms);
-    let mut out: Vec<OutRecord> = Vec::new();
-    loop {
-        if shared.stopping() {
-            commit(shared, logic, consumer, producer, s)?;
-            return Ok(());
-        }
-        let polled = consumer.poll(POLL);
-        handle_events(shared, logic, consumer, producer, s)?;
-        match polled {
-            None if s.last_idle.elapsed() >= IDLE_CHECK => {
-                s.last_idle = Instant::now();
-                if !eos && k.reread_offset_gaps {
-                    probe_stalls(shared, logic, consumer, s)?;
-                }
-                let owned = &s.owned;
-                let mut check = |t: &str, p: i32| caught_up(consumer, owned, t, p);
-                logic.idle(shared, &mut check, &mut out);
-                if !out.is_empty() {
-                    if eos && !s.in_txn {
-                        producer
-                            .begin_transaction()
-                            .map_err(|e| kafka("begin transaction", e))?;
-                        s.in_txn = true;
-                    }
-                    for o in out.drain(..) {
-                        send(shared, producer, o)?;
-                    }
-                }
+    if shared.stopping() {
+        commit(shared, logic, consumer, producer, s)?;
+        return Ok(false);
+    }
+    let polled = consumer.poll(POLL);
+    // An error while handling rebalance events leaves the assignment half
+    // handled: the stage restarts rather than rewinding (see `drive`).
+    s.in_events = true;
+    handle_events(shared, logic, consumer, producer, s)?;
+    s.in_events = false;
+    match polled {
+        None if s.last_idle.elapsed() >= IDLE_CHECK => {
+            s.last_idle = Instant::now();
+            if !eos && k.reread_offset_gaps {
+                probe_stalls(shared, logic, consumer, s)?;
             }
-            None => {}
-            Some(Err(e)) => {
-                if is_fatal(&e) {
-                    return Err(kafka("consume", e));
+            let owned = &s.owned;
+            let mut check = |t: &str, p: i32| caught_up(consumer, owned, t, p);
+            logic.idle(shared, &mut check, out);
+            if !out.is_empty() {
+                if eos && !s.in_txn {
+                    producer
+                        .begin_transaction()
+                        .map_err(|e| kafka("begin transaction", e))?;
+                    s.in_txn = true;
                 }
-                if shared.fatal().is_some() {
-                    // Recorded by the context: the instance stops with it.
-                    tracing::debug!(stage = logic.name(), error = %e, "consumer error");
-                } else {
-                    tracing::warn!(stage = logic.name(), error = %e, "consumer error");
-                }
-            }
-            Some(Ok(m)) => {
-                let key = (m.topic().to_owned(), m.partition());
-                if s.owned.contains_key(&key) && in_sequence(shared, logic, consumer, s, &key, &m)?
-                {
-                    if eos && !s.in_txn {
-                        producer
-                            .begin_transaction()
-                            .map_err(|e| kafka("begin transaction", e))?;
-                        s.in_txn = true;
-                    }
-                    let rec = InRecord::of(&m);
-                    logic.process(shared, &rec, &mut out)?;
-                    for o in out.drain(..) {
-                        send(shared, producer, o)?;
-                    }
-                    s.archived.entry(key.clone()).or_insert(m.offset());
-                    s.next.insert(key, m.offset() + 1);
-                    s.reads += 1;
-                    shared.metrics.progress.fetch_add(1, Ordering::Relaxed);
+                for o in out.drain(..) {
+                    send(shared, consumer, producer, o)?;
                 }
             }
         }
-        if (!s.next.is_empty() || s.in_txn)
-            && (s.last_commit.elapsed() >= interval || s.reads >= k.max_in_flight_records)
-        {
-            commit(shared, logic, consumer, producer, s)?;
+        None => {}
+        Some(Err(e)) => s
+            .poll_errors
+            .check(shared, logic.name(), "consume", e, false)?,
+        Some(Ok(m)) => {
+            let key = (m.topic().to_owned(), m.partition());
+            if s.owned.contains_key(&key) && in_sequence(shared, logic, consumer, s, &key, &m)? {
+                if eos && !s.in_txn {
+                    producer
+                        .begin_transaction()
+                        .map_err(|e| kafka("begin transaction", e))?;
+                    s.in_txn = true;
+                }
+                let rec = InRecord::of(&m);
+                logic.process(shared, &rec, out)?;
+                for o in out.drain(..) {
+                    send(shared, consumer, producer, o)?;
+                }
+                s.archived.entry(key.clone()).or_insert(m.offset());
+                s.next.insert(key, m.offset() + 1);
+                s.reads += 1;
+                shared.metrics.progress.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
+    if (!s.next.is_empty() || s.in_txn)
+        && (s.last_commit.elapsed() >= interval || s.reads >= k.max_in_flight_records)
+    {
+        commit(shared, logic, consumer, producer, s)?;
+    }
+    Ok(true)
 }
 
 /// Whether `m` is the next record of its partition, so that no record is
@@ -638,15 +756,6 @@ fn caught_up(
     position >= high
 }
 
-/// Fatal consumer errors end the attempt; others are logged (librdkafka
-/// retries them itself).
-fn is_fatal(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::Fenced)
-    )
-}
-
 fn handle_events<L: Logic>(
     shared: &Shared,
     logic: &mut L,
@@ -678,8 +787,8 @@ fn handle_events<L: Logic>(
                 }
             }
             Event::Assigned(parts) => {
-                for c in committed_offsets(consumer, &parts)? {
-                    take(shared, logic, s, c)?;
+                for c in committed_offsets(shared, logic.name(), consumer, &parts)? {
+                    take_retrying(shared, logic, s, c)?;
                 }
                 tracing::info!(stage = logic.name(), partitions = ?parts, "partitions assigned");
             }
@@ -691,6 +800,7 @@ fn handle_events<L: Logic>(
 /// A partition's committed position: the next offset to read (`None`:
 /// nothing committed) and, from its metadata, the offset below which its
 /// archive files are uploaded (`None`: not recorded).
+#[derive(Clone, Debug)]
 struct Committed {
     topic: String,
     partition: i32,
@@ -698,8 +808,10 @@ struct Committed {
     archived: Option<i64>,
 }
 
-/// The committed position of each of `parts`.
+/// The committed position of each of `parts` (retried in place).
 fn committed_offsets(
+    shared: &Shared,
+    stage: &str,
     consumer: &BaseConsumer<StageContext>,
     parts: &[(String, i32)],
 ) -> Result<Vec<Committed>, RuntimeError> {
@@ -707,9 +819,11 @@ fn committed_offsets(
     for (t, p) in parts {
         tpl.add_partition(t, *p);
     }
-    let committed = consumer
-        .committed_offsets(tpl, CALL_TIMEOUT)
-        .map_err(|e| kafka("read committed offsets", e))?;
+    let committed = in_place(shared, stage, "read committed offsets", || {
+        consumer
+            .committed_offsets(tpl.clone(), CALL_TIMEOUT)
+            .map_err(|e| kafka("read committed offsets", e))
+    })?;
     Ok(committed
         .elements()
         .iter()
@@ -778,6 +892,26 @@ fn take<L: Logic>(
     Ok(())
 }
 
+/// [`take`], retried in place: a retry starts the partition's restore
+/// afresh (what a failed try left is dropped first), the other partitions
+/// keep their state.
+fn take_retrying<L: Logic>(
+    shared: &Shared,
+    logic: &mut L,
+    s: &mut LoopState,
+    c: Committed,
+) -> Result<(), RuntimeError> {
+    let stage = logic.name();
+    let mut first = true;
+    in_place(shared, stage, "restore partition", || {
+        if !first {
+            logic.revoke(&c.topic, c.partition);
+        }
+        first = false;
+        take(shared, logic, s, c.clone())
+    })
+}
+
 /// Processes `topic`/`partition` from `from` to `end` again, outputs
 /// discarded, and uploads the archive rows of that range (see [`take`]).
 fn rearchive<L: Logic>(
@@ -789,29 +923,20 @@ fn rearchive<L: Logic>(
     end: i64,
 ) -> Result<(), RuntimeError> {
     let mut discard = Vec::new();
-    let mut failed = None;
-    let n = replay_range(shared, topic, partition, Some(from), Some(end), |rec| {
-        if failed.is_none() {
-            if let Err(e) = logic.process(shared, rec, &mut discard) {
-                failed = Some(e);
-            }
-        }
+    let n = try_replay_range(shared, topic, partition, Some(from), Some(end), |rec| {
+        let r = logic.process(shared, rec, &mut discard);
         discard.clear();
+        r
     })?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
     let key = SourceKey {
         source: std::sync::Arc::from(topic),
         partition: Some(partition),
     };
+    let stage = logic.name();
     if let (Some(w), Some(store)) = (logic.archive(), shared.store.as_ref()) {
         w.seal_source(&key, Some(end))
-            .map_err(|e| RuntimeError::Archive(e.to_string()))?;
-        shared
-            .io
-            .block_on(w.upload_sealed(store))
-            .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+            .map_err(RuntimeError::Archive)?;
+        upload(shared, stage, w, store)?;
     }
     shared.metrics.rearchived.fetch_add(n, Ordering::Relaxed);
     tracing::info!(
@@ -826,8 +951,8 @@ fn rearchive<L: Logic>(
     Ok(())
 }
 
-/// Aborts the open transaction and rewinds every owned partition to its last
-/// commit, rebuilding its state.
+/// Aborts the open transaction (if any) and rewinds every owned partition to
+/// its last commit, rebuilding its state.
 fn rewind<L: Logic>(
     shared: &Shared,
     logic: &mut L,
@@ -836,10 +961,15 @@ fn rewind<L: Logic>(
     s: &mut LoopState,
 ) -> Result<(), RuntimeError> {
     shared.metrics.rewinds.fetch_add(1, Ordering::Relaxed);
-    producer
-        .abort_transaction(CALL_TIMEOUT)
-        .map_err(|e| kafka("abort transaction", e))?;
-    s.in_txn = false;
+    let stage = logic.name();
+    if s.in_txn {
+        in_place(shared, stage, "abort transaction", || {
+            producer
+                .abort_transaction(CALL_TIMEOUT)
+                .map_err(|e| kafka("abort transaction", e))
+        })?;
+        s.in_txn = false;
+    }
     s.next.clear();
     s.reads = 0;
     let owned: Vec<(String, i32)> = s.owned.keys().cloned().collect();
@@ -847,7 +977,7 @@ fn rewind<L: Logic>(
         return Ok(());
     }
     let mut seek = TopicPartitionList::new();
-    for c in committed_offsets(consumer, &owned)? {
+    for c in committed_offsets(shared, stage, consumer, &owned)? {
         seek.add_partition_offset(
             &c.topic,
             c.partition,
@@ -855,21 +985,28 @@ fn rewind<L: Logic>(
         )
         .map_err(|e| kafka("seek", e))?;
         logic.revoke(&c.topic, c.partition);
-        take(shared, logic, s, c)?;
+        take_retrying(shared, logic, s, c)?;
     }
     consumer
         .seek_partitions(seek, CALL_TIMEOUT)
         .map_err(|e| kafka("seek", e))?;
     tracing::info!(
-        stage = logic.name(),
-        "transaction aborted; rewound to the last commit"
+        stage,
+        "rewound to the last commit (transaction aborted, if any)"
     );
     Ok(())
 }
 
-/// Sends one record, waiting while the producer queue is full.
+/// How long [`send`] waits on a full producer queue before it pauses the
+/// consumer's partitions and polls the consumer while waiting.
+pub const QUEUE_FULL_PAUSE_AFTER: Duration = Duration::from_millis(100);
+
+/// Sends one record, waiting while the producer queue is full (the
+/// producer's own thread serves its delivery reports meanwhile; see
+/// [`QueueFullWait`] for the consumer).
 fn send(
     shared: &Shared,
+    consumer: &BaseConsumer<StageContext>,
     producer: &ThreadedProducer<DeliveryContext>,
     o: OutRecord,
 ) -> Result<(), RuntimeError> {
@@ -890,27 +1027,129 @@ fn send(
     if let Some(t) = o.timestamp_ms {
         rec = rec.timestamp(t);
     }
-    let mut waited = Duration::ZERO;
-    loop {
+    let mut wait: Option<QueueFullWait> = None;
+    let sent = loop {
         match producer.send(rec) {
-            Ok(()) => return Ok(()),
+            Ok(()) => break Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 // Backpressure: the broker is slower than we are.
                 rec = r;
-                std::thread::sleep(Duration::from_millis(2));
-                waited += Duration::from_millis(2);
-                if waited >= CALL_TIMEOUT && shared.stopping() {
-                    return Err(kafka(
-                        "produce",
-                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                    ));
+                let w = wait.get_or_insert_with(QueueFullWait::new);
+                if let Err(e) = w.tick(shared, consumer) {
+                    break Err(e);
                 }
             }
-            Err((e, _)) => return Err(kafka("produce", e)),
+            Err((e, _)) => break Err(kafka("produce", e)),
+        }
+    };
+    if let Some(w) = wait {
+        w.finish(consumer);
+    }
+    sent
+}
+
+/// A wait on a full producer queue. The first [`QUEUE_FULL_PAUSE_AFTER`] is
+/// slept through; then every assigned partition is paused (librdkafka drops
+/// what it prefetched and resumes from the last record handed out) and the
+/// consumer is polled, so that rebalance callbacks run (their events are
+/// handled by the loop afterwards, as usual), consumer errors are seen and
+/// the member stays within `max.poll.interval.ms`. A record a poll still
+/// returns (of a partition assigned meanwhile, so not paused) is read again:
+/// its partition is sought back to it when the wait ends.
+struct QueueFullWait {
+    since: Instant,
+    paused: Option<TopicPartitionList>,
+    reread: BTreeMap<(String, i32), i64>,
+    poll_errors: PollErrors,
+}
+
+impl QueueFullWait {
+    fn new() -> QueueFullWait {
+        QueueFullWait {
+            since: Instant::now(),
+            paused: None,
+            reread: BTreeMap::new(),
+            poll_errors: PollErrors::default(),
+        }
+    }
+
+    /// One turn of the wait: an error ends it (a fatal error of the
+    /// instance, a fatal consumer error, or still full a while after a stop
+    /// was asked for).
+    fn tick(
+        &mut self,
+        shared: &Shared,
+        consumer: &BaseConsumer<StageContext>,
+    ) -> Result<(), RuntimeError> {
+        if let Some(f) = shared.fatal() {
+            return Err(RuntimeError::Fatal(Box::new(f)));
+        }
+        let waited = self.since.elapsed();
+        if waited >= CALL_TIMEOUT && shared.stopping() {
+            return Err(kafka(
+                "produce",
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+            ));
+        }
+        if waited < QUEUE_FULL_PAUSE_AFTER {
+            std::thread::sleep(Duration::from_millis(2));
+            return Ok(());
+        }
+        if self.paused.is_none() {
+            let tpl = consumer
+                .assignment()
+                .map_err(|e| kafka("read assignment", e))?;
+            consumer
+                .pause(&tpl)
+                .map_err(|e| kafka("pause partitions", e))?;
+            tracing::debug!(
+                partitions = tpl.count(),
+                "producer queue full: consumer paused"
+            );
+            self.paused = Some(tpl);
+        }
+        match consumer.poll(POLL) {
+            None => {}
+            Some(Ok(m)) => {
+                let o = self
+                    .reread
+                    .entry((m.topic().to_owned(), m.partition()))
+                    .or_insert(m.offset());
+                *o = (*o).min(m.offset());
+            }
+            Some(Err(e)) => {
+                self.poll_errors
+                    .check(shared, "producer queue full", "consume", e, true)?
+            }
+        }
+        Ok(())
+    }
+
+    /// Resumes what was paused and seeks back to the records read meanwhile.
+    /// Failures are logged only: a partition revoked meanwhile can be
+    /// neither resumed nor sought, and needs neither.
+    fn finish(self, consumer: &BaseConsumer<StageContext>) {
+        if let Some(tpl) = &self.paused {
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::debug!(error = %e, "resume after a full producer queue");
+            }
+        }
+        for ((t, p), o) in self.reread {
+            if let Err(e) = consumer.seek(&t, p, Offset::Offset(o), CALL_TIMEOUT) {
+                tracing::debug!(topic = t, partition = p, error = %e, "seek back after a full producer queue");
+            }
         }
     }
 }
 
+/// A commit point: makes the outputs durable, commits the offsets (one
+/// transaction with the outputs in exactly-once mode), then uploads the
+/// archive files sealed here. Every broker call and the upload are retried
+/// in place ([`in_place`]). In at-least-once mode an offset commit refused
+/// because the group is rebalancing is left for the next commit point (the
+/// outputs are durable; the offsets of partitions still owned after the
+/// rebalance are committed then, those of revoked ones are dropped by the
+/// revocation).
 fn commit<L: Logic>(
     shared: &Shared,
     logic: &mut L,
@@ -922,10 +1161,11 @@ fn commit<L: Logic>(
     if s.next.is_empty() && !s.in_txn {
         return Ok(());
     }
+    let stage = logic.name();
     let mut coalesced = Vec::new();
     logic.before_commit(shared, &mut coalesced);
     for o in coalesced {
-        send(shared, producer, o)?;
+        send(shared, consumer, producer, o)?;
     }
     let archiving = shared.store.is_some() && logic.archive().is_some();
     let mut tpl = TopicPartitionList::new();
@@ -946,26 +1186,31 @@ fn commit<L: Logic>(
     // successor's; a crash between commit and upload is repaired by the next
     // owner, which writes that range again ([`take`]).
     if let Some(w) = logic.archive() {
-        w.seal_all()
-            .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+        w.seal_all().map_err(RuntimeError::Archive)?;
     }
     if shared.kafka.exactly_once {
         let meta = consumer
             .group_metadata()
-            .ok_or_else(|| RuntimeError::Stage(logic.name(), "no group metadata".into()))?;
+            .ok_or_else(|| RuntimeError::Stage(stage, "no group metadata".into()))?;
         if tpl.count() > 0 {
-            producer
-                .send_offsets_to_transaction(&tpl, &meta, CALL_TIMEOUT)
-                .map_err(|e| kafka("send offsets to transaction", e))?;
+            in_place(shared, stage, "send offsets to transaction", || {
+                producer
+                    .send_offsets_to_transaction(&tpl, &meta, CALL_TIMEOUT)
+                    .map_err(|e| kafka("send offsets to transaction", e))
+            })?;
         }
-        producer
-            .commit_transaction(CALL_TIMEOUT)
-            .map_err(|e| kafka("commit transaction", e))?;
+        in_place(shared, stage, "commit transaction", || {
+            producer
+                .commit_transaction(CALL_TIMEOUT)
+                .map_err(|e| kafka("commit transaction", e))
+        })?;
         s.in_txn = false;
     } else {
-        producer
-            .flush(CALL_TIMEOUT)
-            .map_err(|e| kafka("flush producer", e))?;
+        in_place(shared, stage, "flush producer", || {
+            producer
+                .flush(CALL_TIMEOUT)
+                .map_err(|e| kafka("flush producer", e))
+        })?;
         let ctx = producer.context();
         if ctx.failed.swap(0, Ordering::Relaxed) > 0 {
             let first = ctx
@@ -977,16 +1222,28 @@ fn commit<L: Logic>(
             return Err(RuntimeError::Kafka(ClientError::Delivery(first)));
         }
         if tpl.count() > 0 {
-            consumer
-                .commit(&tpl, CommitMode::Sync)
-                .map_err(|e| kafka("commit offsets", e))?;
+            let committed = in_place(shared, stage, "commit offsets", || {
+                consumer
+                    .commit(&tpl, CommitMode::Sync)
+                    .map_err(|e| kafka("commit offsets", e))
+            });
+            match committed {
+                Err(e) if e.is_rebalance() => {
+                    tracing::info!(
+                        stage,
+                        error = %e,
+                        "offset commit left for the next commit point: the group is rebalancing"
+                    );
+                    s.reads = 0;
+                    return Ok(());
+                }
+                r => r?,
+            }
         }
     }
+    s.rewinds = 0;
     if let (Some(w), Some(store)) = (logic.archive(), shared.store.as_ref()) {
-        shared
-            .io
-            .block_on(w.upload_sealed(store))
-            .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+        upload(shared, stage, w, store)?;
         for (key, o) in &s.next {
             s.archived.insert(key.clone(), *o);
         }
@@ -995,6 +1252,22 @@ fn commit<L: Logic>(
     s.reads = 0;
     shared.metrics.commits.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Uploads the sealed archive files of `w` (retried in place: the files not
+/// uploaded stay queued, so a retry resumes where the last one stopped).
+fn upload(
+    shared: &Shared,
+    stage: &str,
+    w: &mut ArchiveWriter,
+    store: &crate::archive::Store,
+) -> Result<(), RuntimeError> {
+    in_place(shared, stage, "upload archive files", || {
+        shared
+            .io
+            .block_on(w.upload_sealed(store))
+            .map_err(RuntimeError::Archive)
+    })
 }
 
 /// This process's instance id for transactional ids: `HOSTNAME` (the pod
