@@ -1434,3 +1434,275 @@ fn an_expected_source_not_yet_heard_from_holds_the_watermark() {
     idle.source_idle(b);
     assert!(idle.is_closed(oct));
 }
+
+/// A router time (ms) for the idle-marker tests: the routers run after the
+/// data.
+const ROUTER: i64 = 1_763_000_000_000;
+const MINUTE: i64 = 60_000;
+
+#[test]
+fn a_partition_resumed_while_the_others_are_idle_does_not_close_a_month_alone() {
+    // Both partitions deliver October and are declared idle (checked at
+    // ROUTER). An hour later a backlog arrives on both; a is read first and
+    // is past October's close. b may have received records since its
+    // check, so October stays open until b delivers or is confirmed again.
+    let oct = mk(2025, 10);
+    let close = ms("2025-11-04T00:00:00Z");
+    let req = ms("2025-10-31T22:00:00Z");
+    let (a, b) = (1_u64, 2_u64);
+    let o0 = ev("TEXT_DELIVERED", "o0", req, Some(req), Some("0.01"), None);
+    let o1 = ev("TEXT_DELIVERED", "o1", req, Some(req), Some("0.02"), None);
+    let ahead = ev(
+        "TEXT_DELIVERED",
+        "n1",
+        close + HOUR,
+        Some(close),
+        Some("0.05"),
+        None,
+    );
+    let behind = ev(
+        "TEXT_DELIVERED",
+        "o2",
+        req + 1,
+        Some(req),
+        Some("0.03"),
+        None,
+    );
+
+    let mut l = SpendLedger::new(&cfg());
+    l.expect_sources([a, b]);
+    l.apply_forwarded(&o0, None, a, Some(ROUTER - 5_000));
+    l.apply_forwarded(&o1, None, b, Some(ROUTER - 4_000));
+    l.source_idle_at(a, Some(ROUTER));
+    l.source_idle_at(b, Some(ROUTER));
+    let f = ROUTER + HOUR;
+    l.apply_forwarded(&ahead, None, a, Some(f));
+    assert!(!l.is_closed(oct), "b was last seen idle before a's backlog");
+    let o = l.apply_forwarded(&behind, None, b, Some(f + 10));
+    assert!(!o.late, "b's October message counts");
+    assert_eq!(l.total(oct, Channel::Sms), totals("0.06", 3));
+    assert!(!l.is_closed(oct), "b is active and behind");
+    l.apply_forwarded(
+        &ev("TEXT_DELIVERED", "n2", close, Some(close), None, None),
+        None,
+        b,
+        Some(f + 20),
+    );
+    assert!(l.is_closed(oct), "both are past the close");
+
+    // Markers without a time (written before they had one) hold nothing
+    // back: the partition read first closes October alone and b's October
+    // message is lost, as it was before markers carried a time.
+    let mut old = SpendLedger::new(&cfg());
+    old.expect_sources([a, b]);
+    old.apply_from(&o0, None, a);
+    old.apply_from(&o1, None, b);
+    old.source_idle(a);
+    old.source_idle(b);
+    old.apply_from(&ahead, None, a);
+    assert!(old.is_closed(oct));
+    assert!(old.apply_from(&behind, None, b).late);
+    assert_eq!(old.total(oct, Channel::Sms), totals("0.03", 2));
+}
+
+#[test]
+fn an_idle_partition_confirmed_after_the_others_forwarded_releases_them() {
+    let oct = mk(2025, 10);
+    let close = ms("2025-11-04T00:00:00Z");
+    let (a, b) = (1_u64, 2_u64);
+    let mut l = SpendLedger::new(&cfg());
+    l.expect_sources([a, b]);
+    l.source_idle_at(a, Some(ROUTER));
+    l.source_idle_at(b, Some(ROUTER));
+    let f = ROUTER + HOUR;
+    l.apply_forwarded(
+        &ev(
+            "TEXT_DELIVERED",
+            "n1",
+            close + HOUR,
+            Some(close),
+            None,
+            None,
+        ),
+        None,
+        a,
+        Some(f),
+    );
+    assert!(!l.is_closed(oct));
+    // Confirmations checked before a's record was forwarded, or within the
+    // allowance for the routers' clocks, release nothing.
+    l.source_idle_at(b, Some(f - MINUTE));
+    l.source_idle_at(b, Some(f + 30_000));
+    assert!(!l.is_closed(oct));
+    // b read to its end well after a's record was forwarded: b had nothing
+    // of October (anything appended before would have come first).
+    l.source_idle_at(b, Some(f + 3 * MINUTE));
+    assert!(l.is_closed(oct));
+
+    // A partition first heard of by its idle marker holds back too.
+    let mut l = SpendLedger::new(&cfg());
+    l.source_idle_at(b, Some(ROUTER));
+    l.apply_forwarded(
+        &ev(
+            "TEXT_DELIVERED",
+            "n1",
+            close + HOUR,
+            Some(close),
+            None,
+            None,
+        ),
+        None,
+        a,
+        Some(f),
+    );
+    assert!(!l.is_closed(oct));
+    // ... and so does a forwarded record checked before nothing (no time).
+    l.apply_forwarded(
+        &ev(
+            "TEXT_DELIVERED",
+            "n2",
+            close + HOUR,
+            Some(close),
+            None,
+            None,
+        ),
+        None,
+        a,
+        None,
+    );
+    assert!(
+        l.is_closed(oct),
+        "a record without a forwarding time is not held"
+    );
+}
+
+#[test]
+fn events_waiting_when_their_partition_goes_idle_still_count() {
+    // a forwards past October's close while b is idle, then a is idle too:
+    // a's events still raise the watermark once b is confirmed after them.
+    let oct = mk(2025, 10);
+    let close = ms("2025-11-04T00:00:00Z");
+    let (a, b) = (1_u64, 2_u64);
+    let mut l = SpendLedger::new(&cfg());
+    l.expect_sources([a, b]);
+    l.source_idle_at(a, Some(ROUTER));
+    l.source_idle_at(b, Some(ROUTER));
+    let f = ROUTER + HOUR;
+    l.apply_forwarded(
+        &ev(
+            "TEXT_DELIVERED",
+            "n1",
+            close + HOUR,
+            Some(close),
+            None,
+            None,
+        ),
+        None,
+        a,
+        Some(f),
+    );
+    l.source_idle_at(a, Some(f + 1_000));
+    assert!(!l.is_closed(oct));
+    l.source_idle_at(b, Some(f + 3 * MINUTE));
+    assert!(
+        !l.is_closed(oct),
+        "a's own confirmation is not yet past the allowance"
+    );
+    l.source_idle_at(a, Some(f + 4 * MINUTE));
+    assert!(l.is_closed(oct));
+}
+
+#[test]
+fn an_idle_partition_never_confirmed_again_stops_holding_after_the_receipt_window() {
+    // b's reader is gone (say its topic left the configuration): after the
+    // receipt window of router time in which records kept arriving, b no
+    // longer holds back what a forwards, so memory stays bounded.
+    let oct = mk(2025, 10);
+    let close = ms("2025-11-04T00:00:00Z");
+    let (a, b) = (1_u64, 2_u64);
+    let window = i64::from(cfg().receipt_window_hours) * HOUR;
+    let mut l = SpendLedger::new(&cfg());
+    l.expect_sources([a, b]);
+    l.source_idle_at(a, Some(ROUTER));
+    l.source_idle_at(b, Some(ROUTER));
+    let mut f = ROUTER;
+    let mut i = 0;
+    while f < ROUTER + window - HOUR {
+        f += MINUTE;
+        i += 1;
+        l.apply_forwarded(
+            &ev("TEXT_DELIVERED", "n", close + i, Some(close), None, None),
+            None,
+            a,
+            Some(f),
+        );
+    }
+    assert!(!l.is_closed(oct), "within the window, b still holds");
+    while f < ROUTER + window + HOUR {
+        f += MINUTE;
+        i += 1;
+        l.apply_forwarded(
+            &ev("TEXT_DELIVERED", "n", close + i, Some(close), None, None),
+            None,
+            a,
+            Some(f),
+        );
+    }
+    assert!(l.is_closed(oct), "b has not been confirmed for a window");
+
+    // A pause of the whole pipeline is not a reader that is gone: after ten
+    // days without any record, the backlog read first is still held back.
+    let mut l = SpendLedger::new(&cfg());
+    l.expect_sources([a, b]);
+    l.source_idle_at(a, Some(ROUTER));
+    l.source_idle_at(b, Some(ROUTER));
+    l.apply_forwarded(
+        &ev("TEXT_DELIVERED", "n", close + HOUR, Some(close), None, None),
+        None,
+        a,
+        Some(ROUTER + 10 * 24 * HOUR),
+    );
+    assert!(!l.is_closed(oct), "a pause counts as at most a few minutes");
+}
+
+#[test]
+fn two_ledgers_fed_the_same_records_agree_at_every_step() {
+    // Determinism: the ledger is a function of its records in order, so a
+    // restore replaying the same records (markers included) rebuilds the
+    // same state. Two ledgers iterate their sources in different hash
+    // orders; fed the same sequence they agree at every step.
+    let close = ms("2025-11-04T00:00:00Z");
+    let mut x = SpendLedger::new(&cfg());
+    let mut y = SpendLedger::new(&cfg());
+    let mut rng = 0x5eed_u64;
+    let mut next = || {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        rng >> 33
+    };
+    let mut f = ROUTER;
+    for i in 0..2_000_i64 {
+        f += (next() % 90_000) as i64;
+        let src = next() % 3;
+        if next() % 4 == 0 {
+            x.source_idle_at(src, Some(f));
+            y.source_idle_at(src, Some(f));
+        } else {
+            let e = ev(
+                "TEXT_DELIVERED",
+                &format!("m{i}"),
+                close - 3 * HOUR + i * 10_000,
+                None,
+                Some("0.01"),
+                None,
+            );
+            assert_eq!(
+                x.apply_forwarded(&e, None, src, Some(f)),
+                y.apply_forwarded(&e, None, src, Some(f))
+            );
+        }
+        assert_eq!(x.watermark(), y.watermark());
+    }
+    assert_eq!(x.totals(), y.totals());
+}
