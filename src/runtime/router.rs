@@ -12,8 +12,7 @@ use crate::archive::writer::{now_ms, ArchiveWriter};
 use crate::decode::RecordSource;
 use crate::kafka::admin::{EVENTS_BY_MESSAGE, INBOUND_BY_NUMBER};
 use crate::limits::Limits;
-use crate::stages::forward::encode_idle;
-use crate::stages::router::{route_with, Routed};
+use crate::stages::router::{route_at, IdleTracker, Routed};
 
 /// The router stage.
 pub struct Router {
@@ -28,8 +27,8 @@ pub struct Router {
     archive: Option<ArchiveWriter>,
     /// Partitions of `events_topic` (each gets every idle marker).
     events_partitions: i32,
-    /// Input partitions read (or assigned) since their last idle marker.
-    active: Vec<(Arc<str>, i32)>,
+    /// Which input partitions to declare idle, and when.
+    idle: IdleTracker,
 }
 
 impl Router {
@@ -38,7 +37,7 @@ impl Router {
         let events_topic = shared.internal(EVENTS_BY_MESSAGE);
         Router {
             events_partitions: shared.partitions_of(&events_topic),
-            active: Vec::new(),
+            idle: IdleTracker::new(),
             events_topic,
             inbound_topic: shared.internal(INBOUND_BY_NUMBER),
             dead_topic: shared.kafka.output_topics.dead_letters.clone(),
@@ -83,13 +82,12 @@ impl Logic for Router {
         _: Option<i64>,
     ) -> Result<(), RuntimeError> {
         // A previous owner may have stopped before declaring it idle.
-        self.mark_active(topic, partition);
+        self.idle.active(topic, partition);
         Ok(())
     }
 
     fn revoke(&mut self, topic: &str, partition: i32) {
-        self.active
-            .retain(|(t, p)| !(&**t == topic && *p == partition));
+        self.idle.forget(topic, partition);
         ArchiveWriter::discard_partition(&mut self.archive, Arc::from(topic), partition);
     }
 
@@ -105,9 +103,17 @@ impl Logic for Router {
             offset: rec.offset,
             timestamp_ms: rec.timestamp_ms,
         };
-        self.mark_active(rec.topic, rec.partition);
+        self.idle.active(rec.topic, rec.partition);
         self.routed.clear();
-        route_with(rec.value, &src, &self.limits, &mut self.routed);
+        // The forwarding time: what the owners compare with idle markers.
+        let forwarded_at = Some(now_ms());
+        route_at(
+            rec.value,
+            &src,
+            &self.limits,
+            forwarded_at,
+            &mut self.routed,
+        );
         let m = &shared.metrics;
         m.router_records
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -129,7 +135,7 @@ impl Logic for Router {
                     out.push(dead_letter(&self.dead_topic, &d, rec.timestamp_ms));
                     if let Some(a) = self.archive.as_mut() {
                         a.append_dead_letter(&d, rec.timestamp_ms, 0, now_ms())
-                            .map_err(RuntimeError::Archive)?;
+                            .map_err(|e| RuntimeError::Archive(e.to_string()))?;
                     }
                 }
             }
@@ -141,10 +147,15 @@ impl Logic for Router {
         self.archive.as_mut()
     }
 
-    /// Sends an idle marker to every message owner for each input partition
-    /// read to its end since its last marker, so that the owners' spend
-    /// ledgers stop waiting for it (a partition merely behind, or whose
-    /// reader is down, sends none and keeps holding their watermark back).
+    /// Sends an idle marker, with the time of the check, to every message
+    /// owner for each input partition read to its end since its last
+    /// marker, and repeats it every [`IDLE_REPEAT_MS`] while the partition
+    /// stays so: the owners' spend ledgers stop waiting for it, and release
+    /// what other partitions forwarded before the check (a partition merely
+    /// behind, or whose reader is down, sends none and keeps holding their
+    /// watermark back). See [`IdleTracker`].
+    ///
+    /// [`IDLE_REPEAT_MS`]: crate::stages::router::IDLE_REPEAT_MS
     fn idle(
         &mut self,
         _: &Shared,
@@ -153,31 +164,22 @@ impl Logic for Router {
     ) {
         let events_topic = &self.events_topic;
         let n = self.events_partitions;
-        self.active.retain(|(t, p)| {
-            if !caught_up(t, *p) {
-                return true;
-            }
-            let marker = encode_idle(t, *p);
+        // Before any check: every record appended before it has been read
+        // when a check passes.
+        let now = now_ms();
+        self.idle.due(now, caught_up, &mut |d| {
             for q in 0..n {
-                let mut o = OutRecord::keyed(events_topic, &b"idle"[..], marker.clone());
+                let mut o = OutRecord::keyed(events_topic, &b"idle"[..], d.marker.clone());
                 o.partition = Some(q);
                 out.push(o);
             }
-            tracing::debug!(topic = &**t, partition = *p, "input partition caught up");
-            false
+            if !d.repeated {
+                tracing::debug!(
+                    topic = d.topic,
+                    partition = d.partition,
+                    "input partition caught up"
+                );
+            }
         });
-    }
-}
-
-impl Router {
-    fn mark_active(&mut self, topic: &str, partition: i32) {
-        if !self
-            .active
-            .iter()
-            .any(|(t, p)| *p == partition && &**t == topic)
-        {
-            let t = self.source(topic);
-            self.active.push((t, partition));
-        }
     }
 }

@@ -3,14 +3,20 @@
 //!
 //! Format (one JSON object; `payload` is the original payload object inlined
 //! verbatim, never re-serialised):
-//! `{"src":"events","p":3,"o":1042,"s":0,"t":1762000000123,"a":1762000000456,"env":["sns"],"payload":{...}}`
-//! (`p`, `t`, `a` may be null; `a` may be absent in records written before it
-//! existed).
+//! `{"src":"events","p":3,"o":1042,"s":0,"t":1762000000123,"a":1762000000456,"f":1762000000789,"env":["sns"],"payload":{...}}`
+//! (`p`, `t`, `a` may be null; `a` and `f` may be absent: records written
+//! before they existed).
 //!
 //! `a` is the input record's *arrival time* (its Kafka record timestamp), so
 //! an owner bounds the payload's times exactly as the router did (see
 //! [`crate::limits`]): a forwarded record cannot carry a time later than its
 //! arrival plus the clock skew either.
+//!
+//! `f` is the router's wall clock when it forwarded the record, compared by
+//! the owners with the times of idle markers
+//! (`{"idle":{"src":"events","p":3,"at":1762000000999}}`, `at` absent in
+//! markers written before it existed): see
+//! [`SpendLedger::apply_forwarded`](crate::spend::SpendLedger::apply_forwarded).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -30,17 +36,39 @@ pub struct Forwarded<'a> {
     pub received_at: Option<i64>,
     /// Arrival time of the input record (its Kafka record timestamp).
     pub arrival_ms: Option<i64>,
+    /// The router's wall clock when it forwarded the record.
+    pub forwarded_at: Option<i64>,
     /// Envelopes the router unwrapped, outermost first.
     pub envelopes: Vec<&'static str>,
     /// The payload object's original bytes.
     pub payload: &'a [u8],
 }
 
-/// Encodes a forwarded record.
+/// Encodes a forwarded record without a forwarding time.
 pub fn encode(
     provenance: &Provenance,
     received_at: Option<i64>,
     arrival_ms: Option<i64>,
+    envelopes: &[&'static str],
+    payload: &[u8],
+) -> Vec<u8> {
+    encode_at(
+        provenance,
+        received_at,
+        arrival_ms,
+        None,
+        envelopes,
+        payload,
+    )
+}
+
+/// Encodes a forwarded record, with the router time `forwarded_at` when
+/// known (`f`, left out when `None`).
+pub fn encode_at(
+    provenance: &Provenance,
+    received_at: Option<i64>,
+    arrival_ms: Option<i64>,
+    forwarded_at: Option<i64>,
     envelopes: &[&'static str],
     payload: &[u8],
 ) -> Vec<u8> {
@@ -67,6 +95,10 @@ pub fn encode(
         Some(t) => out.extend_from_slice(t.to_string().as_bytes()),
         None => out.extend_from_slice(b"null"),
     }
+    if let Some(f) = forwarded_at {
+        out.extend_from_slice(b",\"f\":");
+        out.extend_from_slice(f.to_string().as_bytes());
+    }
     out.extend_from_slice(b",\"env\":");
     let _ = serde_json::to_writer(&mut out, envelopes);
     out.extend_from_slice(b",\"payload\":");
@@ -85,6 +117,8 @@ struct Wire<'a> {
     t: Option<i64>,
     #[serde(default)]
     a: Option<i64>,
+    #[serde(default)]
+    f: Option<i64>,
     #[serde(borrow)]
     env: Vec<Cow<'a, str>>,
     #[serde(borrow)]
@@ -126,23 +160,37 @@ pub fn decode<'a>(
         },
         received_at: w.t,
         arrival_ms: w.a,
+        forwarded_at: w.f,
         envelopes,
         payload: w.payload.get().as_bytes(),
     })
 }
 
-/// Encodes an *idle marker*: the router has read `source`/`partition` to its
-/// end, so the owners may stop waiting for it (see
-/// [`SpendLedger::source_idle`](crate::spend::SpendLedger::source_idle)).
-pub fn encode_idle(source: &str, partition: i32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(source.len() + 32);
+/// Encodes an *idle marker*: the router found `source`/`partition` read to
+/// its end at its wall-clock time `at` (taken before the check), so the
+/// owners may stop waiting for it (see
+/// [`SpendLedger::source_idle_at`](crate::spend::SpendLedger::source_idle_at)).
+pub fn encode_idle(source: &str, partition: i32, at: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(source.len() + 48);
     out.extend_from_slice(IDLE_PREFIX);
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, source);
     out.extend_from_slice(b",\"p\":");
     out.extend_from_slice(partition.to_string().as_bytes());
+    out.extend_from_slice(b",\"at\":");
+    out.extend_from_slice(at.to_string().as_bytes());
     out.extend_from_slice(b"}}");
     out
+}
+
+/// A decoded idle marker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleMarker {
+    /// The [`stream_hash`] of the stream declared caught up.
+    pub stream: u64,
+    /// The router time of the check (`None` in markers written before it
+    /// existed).
+    pub at: Option<i64>,
 }
 
 const IDLE_PREFIX: &[u8] = b"{\"idle\":{\"src\":";
@@ -158,23 +206,26 @@ struct IdleInner<'a> {
     #[serde(borrow)]
     src: Cow<'a, str>,
     p: i32,
+    #[serde(default)]
+    at: Option<i64>,
 }
 
-/// If `bytes` is an idle marker, the [`stream_hash`] of the stream it
-/// declares caught up (`Some(Err)` for a marker that does not parse).
-pub fn decode_idle(bytes: &[u8]) -> Option<Result<u64, Reason>> {
+/// If `bytes` is an idle marker, what it declares (`Some(Err)` for a marker
+/// that does not parse).
+pub fn decode_idle(bytes: &[u8]) -> Option<Result<IdleMarker, Reason>> {
     if !bytes.starts_with(IDLE_PREFIX) {
         return None;
     }
     Some(
         serde_json::from_slice::<IdleWire<'_>>(bytes)
-            .map(|w| {
-                stream_hash(&Provenance {
+            .map(|w| IdleMarker {
+                stream: stream_hash(&Provenance {
                     source: Arc::from(&*w.idle.src),
                     partition: Some(w.idle.p),
                     offset: 0,
                     sub: 0,
-                })
+                }),
+                at: w.idle.at,
             })
             .map_err(|e| Reason::InvalidEnvelope {
                 envelope: "idle-marker",
@@ -219,10 +270,25 @@ mod tests {
             offset: 9,
             sub: 0,
         };
-        let marker = encode_idle(&prov.source, 2);
-        assert!(matches!(decode_idle(&marker), Some(Ok(h)) if h == stream_hash(&prov)));
-        let other = encode_idle(&prov.source, 3);
-        assert!(matches!(decode_idle(&other), Some(Ok(h)) if h != stream_hash(&prov)));
+        let marker = encode_idle(&prov.source, 2, 1_762_000_000_123);
+        assert_eq!(
+            decode_idle(&marker).and_then(Result::ok),
+            Some(IdleMarker {
+                stream: stream_hash(&prov),
+                at: Some(1_762_000_000_123)
+            })
+        );
+        let other = encode_idle(&prov.source, 3, 5);
+        assert!(matches!(decode_idle(&other), Some(Ok(m)) if m.stream != stream_hash(&prov)));
+        // A marker written before markers had a time still decodes.
+        let old = br#"{"idle":{"src":"sms-\"events","p":2}}"#;
+        assert_eq!(
+            decode_idle(old).and_then(Result::ok),
+            Some(IdleMarker {
+                stream: stream_hash(&prov),
+                at: None
+            })
+        );
         // A forwarded record is not a marker; a broken marker is an error.
         let rec = encode(&prov, None, None, &[], b"{}");
         assert!(decode_idle(&rec).is_none());
@@ -247,7 +313,12 @@ mod tests {
         assert_eq!(f.provenance, prov);
         assert_eq!(f.received_at, Some(7));
         assert_eq!(f.arrival_ms, Some(9));
+        assert_eq!(f.forwarded_at, None);
         assert_eq!(f.envelopes, vec!["firehose", "sns"]);
+        assert_eq!(f.payload, &payload[..]);
+        let rec = encode_at(&prov, Some(7), Some(9), Some(11), &["sns"], payload);
+        let f = decode(&rec, &mut intern).expect("decodes");
+        assert_eq!((f.arrival_ms, f.forwarded_at), (Some(9), Some(11)));
         assert_eq!(f.payload, &payload[..]);
         let none = encode(
             &Provenance {
@@ -266,7 +337,10 @@ mod tests {
         // Records written before `a` existed still decode (no arrival time).
         let old = br#"{"src":"e","p":1,"o":2,"s":0,"t":5,"env":[],"payload":{}}"#;
         let f = decode(old, &mut intern).expect("decodes");
-        assert_eq!((f.received_at, f.arrival_ms), (Some(5), None));
+        assert_eq!(
+            (f.received_at, f.arrival_ms, f.forwarded_at),
+            (Some(5), None, None)
+        );
     }
 
     #[test]

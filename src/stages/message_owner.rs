@@ -11,6 +11,12 @@
 //! arrival time the router forwarded (`a`), so a forwarded event cannot carry
 //! a time later than its input record's arrival plus the clock skew, or a
 //! cost above the ceiling, whoever wrote it.
+//!
+//! Idle markers (an input partition read to its end, at a router time) and
+//! the forwarding time of each record (`f`) go to the ledger, which keeps a
+//! month open while an idle partition may still hold events that others
+//! have overtaken (see
+//! [`SpendLedger::apply_forwarded`](crate::spend::SpendLedger::apply_forwarded)).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -101,8 +107,8 @@ impl MessageOwner {
             a
         };
         match forward::decode_idle(record) {
-            Some(Ok(stream)) => {
-                self.ledger.source_idle(stream);
+            Some(Ok(marker)) => {
+                self.ledger.source_idle_at(marker.stream, marker.at);
                 return;
             }
             Some(Err(reason)) => {
@@ -127,10 +133,11 @@ impl MessageOwner {
                 return;
             }
         };
-        let outcome = self.ledger.apply_from(
+        let outcome = self.ledger.apply_forwarded(
             &ev,
             Some(position_hash(&f.provenance)),
             stream_hash(&f.provenance),
+            f.forwarded_at,
         );
         if outcome.replayed {
             return;
