@@ -290,6 +290,29 @@ fn create_input(bootstrap: &str) {
         .expect("create input topic");
 }
 
+/// DuckDB over the archive: every accepted delivery event, inbound message
+/// and dead letter of the generated stream exactly once (row count and
+/// distinct record ids both equal the generator's counts).
+fn assert_archive_once(archive: &Path, g: &Generated) {
+    let setup = support::duckdb::archive_setup(&archive);
+    let q = |t: &str| format!("SELECT count(*) AS n, count(DISTINCT record_id) AS d FROM {t}");
+    let r = support::duckdb::query(
+        &setup,
+        &[
+            q("delivery_events"),
+            q("inbound_messages"),
+            q("dead_letters"),
+        ],
+    );
+    let n = |i: usize, k: &str| r[i][0][k].as_u64().unwrap_or(u64::MAX) as usize;
+    assert_eq!((n(0, "n"), n(0, "d")), (g.truth.events, g.truth.events));
+    assert_eq!((n(1, "n"), n(1, "d")), (g.truth.inbound, g.truth.inbound));
+    assert_eq!(
+        (n(2, "n"), n(2, "d")),
+        (g.truth.malformed, g.truth.malformed)
+    );
+}
+
 /// Latest value per key of a keyed topic.
 fn latest(records: &[Consumed]) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut sorted: Vec<&Consumed> = records.iter().collect();
@@ -513,23 +536,7 @@ fn two_instances_sigkill_and_restore(bootstrap: &str, messages: usize) -> usize 
     assert_eq!(dead_ids, want.dead_ids);
 
     // Archive: each accepted payload and dead letter exactly once (DuckDB).
-    let setup = support::duckdb::archive_setup(&archive);
-    let q = |t: &str| format!("SELECT count(*) AS n, count(DISTINCT record_id) AS d FROM {t}");
-    let r = support::duckdb::query(
-        &setup,
-        &[
-            q("delivery_events"),
-            q("inbound_messages"),
-            q("dead_letters"),
-        ],
-    );
-    let n = |i: usize, k: &str| r[i][0][k].as_u64().unwrap_or(u64::MAX) as usize;
-    assert_eq!((n(0, "n"), n(0, "d")), (g.truth.events, g.truth.events));
-    assert_eq!((n(1, "n"), n(1, "d")), (g.truth.inbound, g.truth.inbound));
-    assert_eq!(
-        (n(2, "n"), n(2, "d")),
-        (g.truth.malformed, g.truth.malformed)
-    );
+    assert_archive_once(&archive, &g);
 
     // Restore: one fresh instance (new process, no local state) rebuilds
     // spend and opt-out state from Kafka. A record produced now for a known
@@ -1068,23 +1075,7 @@ fn exactly_once_survives_sigkills_and_a_zombie() {
     );
 
     // Archive: each row once.
-    let setup = support::duckdb::archive_setup(&archive);
-    let q = |t: &str| format!("SELECT count(*) AS n, count(DISTINCT record_id) AS d FROM {t}");
-    let r = support::duckdb::query(
-        &setup,
-        &[
-            q("delivery_events"),
-            q("inbound_messages"),
-            q("dead_letters"),
-        ],
-    );
-    let n = |i: usize, k: &str| r[i][0][k].as_u64().unwrap_or(u64::MAX) as usize;
-    assert_eq!((n(0, "n"), n(0, "d")), (g.truth.events, g.truth.events));
-    assert_eq!((n(1, "n"), n(1, "d")), (g.truth.inbound, g.truth.inbound));
-    assert_eq!(
-        (n(2, "n"), n(2, "d")),
-        (g.truth.malformed, g.truth.malformed)
-    );
+    assert_archive_once(&archive, &g);
     // What the zombie did once resumed: it must have noticed that it was
     // replaced (its partitions revoked or lost, its transaction aborted or
     // fenced) rather than committing.

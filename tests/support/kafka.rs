@@ -26,7 +26,6 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use smsvoice::kafka::{consumer_config, producer_config, KafkaConfig};
 
-
 /// The Apache Kafka version `scripts/install-kafka.sh` installs (read from
 /// `scripts/kafka/pom.xml`, so the two cannot disagree).
 pub fn kafka_version() -> String {
@@ -288,7 +287,13 @@ impl KafkaBroker {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
             let mixed = nanos ^ ((std::process::id() as u128) << 64) ^ 0x5a5a_0000_0000_0001;
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mixed.to_le_bytes())
+            let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mixed.to_le_bytes());
+            // An id starting with '-' would be read as an option by the
+            // formatter; any other first letter is as valid.
+            match id.strip_prefix('-') {
+                Some(rest) => format!("A{rest}"),
+                None => id,
+            }
         };
         let mut cmd = self.java();
         cmd.args(["kafka.tools.StorageTool", "format", "--standalone", "-t"])
@@ -481,8 +486,18 @@ fn make_tls(dir: &std::path::Path) -> TlsFiles {
     };
     for (name, cn) in [("ca", "smsvoice test CA"), ("other-ca", "unrelated CA")] {
         run(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3", "-subj",
-            &format!("/CN={cn}"), "-keyout", &format!("{name}.key"), "-out",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "3",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
             &format!("{name}.pem"),
         ]);
     }
@@ -492,18 +507,44 @@ fn make_tls(dir: &std::path::Path) -> TlsFiles {
     )
     .expect("san.ext");
     run(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout",
-        "server.key", "-out", "server.csr",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
     ]);
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "3", "-extfile", "san.ext", "-out", "server.crt",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "3",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
     ]);
     // Kafka's PEM keystore: the PKCS#8 key and the certificate chain.
     let read = |n: &str| std::fs::read_to_string(tls.join(n)).expect("tls file");
     std::fs::write(
         tls.join("server.pem"),
-        format!("{}{}{}", read("server.key"), read("server.crt"), read("ca.pem")),
+        format!(
+            "{}{}{}",
+            read("server.key"),
+            read("server.crt"),
+            read("ca.pem")
+        ),
     )
     .expect("server.pem");
     TlsFiles {
