@@ -217,8 +217,11 @@ fn transactions_commit_abort_and_fence_a_zombie() {
         compacted: false,
         retain_forever: false,
     };
-    rt.block_on(ensure_topics(&cfg, &[spec("txn.in", 2), spec("txn.out", 3)]))
-        .expect("topics");
+    rt.block_on(ensure_topics(
+        &cfg,
+        &[spec("txn.in", 2), spec("txn.out", 3)],
+    ))
+    .expect("topics");
 
     let p: ThreadedProducer<DefaultProducerContext> =
         producer_config(&cfg, Some("infra-txn-0".into()))
@@ -305,7 +308,10 @@ fn transactions_commit_abort_and_fence_a_zombie() {
     successor.commit_transaction(T).expect("successor commit");
     let got = values(&consume_all(&broker.bootstrap, "txn.out", 115, T, true));
     assert!(!got.iter().any(|v| v.starts_with("zombie")), "{got:?}");
-    assert_eq!(got.iter().filter(|v| v.starts_with("successor-")).count(), 5);
+    assert_eq!(
+        got.iter().filter(|v| v.starts_with("successor-")).count(),
+        5
+    );
     assert_eq!(got.len(), 115, "{got:?}");
     eprintln!("apache kafka transactions: {:?} ({text})", start.elapsed());
 }
@@ -336,7 +342,10 @@ fn broker_survives_sigkill_and_restart() {
     produce_all(&broker.bootstrap, "restart", 2, &records);
     let before = broker.bootstrap.clone();
     broker.kill();
-    assert!(!support::kafka::metadata_ok(&before, Duration::from_secs(1)));
+    assert!(!support::kafka::metadata_ok(
+        &before,
+        Duration::from_secs(1)
+    ));
     broker.restart();
     assert_eq!(broker.bootstrap, before);
     let got = consume_all(&broker.bootstrap, "restart", 1_000, T, false);

@@ -294,7 +294,7 @@ fn create_input(bootstrap: &str) {
 /// and dead letter of the generated stream exactly once (row count and
 /// distinct record ids both equal the generator's counts).
 fn assert_archive_once(archive: &Path, g: &Generated) {
-    let setup = support::duckdb::archive_setup(&archive);
+    let setup = support::duckdb::archive_setup(archive);
     let q = |t: &str| format!("SELECT count(*) AS n, count(DISTINCT record_id) AS d FROM {t}");
     let r = support::duckdb::query(
         &setup,

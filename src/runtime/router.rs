@@ -135,7 +135,7 @@ impl Logic for Router {
                     out.push(dead_letter(&self.dead_topic, &d, rec.timestamp_ms));
                     if let Some(a) = self.archive.as_mut() {
                         a.append_dead_letter(&d, rec.timestamp_ms, 0, now_ms())
-                            .map_err(|e| RuntimeError::Archive(e.to_string()))?;
+                            .map_err(RuntimeError::Archive)?;
                     }
                 }
             }
