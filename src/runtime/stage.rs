@@ -1178,16 +1178,16 @@ fn commit<L: Logic>(
             e.set_metadata(format!("{ARCHIVED_META}{below}"));
         }
     }
-    // The archive files of what was read are sealed here and uploaded only
-    // after the offsets are committed, each offset carrying the point below
-    // which the archive is known to be uploaded. A zombie (an instance
-    // frozen until the group and the transaction coordinator replaced it)
-    // fails to commit and so never uploads files that would replace its
-    // successor's; a crash between commit and upload is repaired by the next
-    // owner, which writes that range again ([`take`]).
-    if let Some(w) = logic.archive() {
-        w.seal_all().map_err(RuntimeError::Archive)?;
-    }
+    // The archive files of what was read are sealed and uploaded only after
+    // the offsets are committed, each offset carrying the point below which
+    // the archive is known to be uploaded. A zombie (an instance frozen until
+    // the group and the transaction coordinator replaced it) fails to commit
+    // and so never uploads files that would replace its successor's; a crash
+    // between commit and upload is repaired by the next owner, which writes
+    // that range again ([`take`]). Sealing after the commit (nothing is
+    // appended in between) keeps one sealed range per committed range: a
+    // commit left for the next commit point leaves its files open, so the
+    // range a new owner rewrites is always cut as the original was.
     if shared.kafka.exactly_once {
         let meta = consumer
             .group_metadata()
@@ -1243,6 +1243,7 @@ fn commit<L: Logic>(
     }
     s.rewinds = 0;
     if let (Some(w), Some(store)) = (logic.archive(), shared.store.as_ref()) {
+        w.seal_all().map_err(RuntimeError::Archive)?;
         upload(shared, stage, w, store)?;
         for (key, o) in &s.next {
             s.archived.insert(key.clone(), *o);
