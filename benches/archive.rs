@@ -43,7 +43,10 @@ fn outputs(messages: usize) -> Vec<(RecordSource, Outputs)> {
                 source: source.clone(),
                 partition: Some(0),
                 offset: i as i64,
-                timestamp_ms: Some(1_761_782_400_000 + i as i64 * 100),
+                // Arrival after every payload time of the generated stream
+                // (2025-12-15): an arrival before a payload's own times
+                // would make it a dead letter (times are bounded by arrival).
+                timestamp_ms: Some(1_765_756_800_000 + i as i64 * 100),
             };
             let mut out = Outputs::default();
             core.process(r, &src, &mut out);
