@@ -30,10 +30,10 @@ use smsvoice::decode::RecordSource;
 use smsvoice::enrich::Outputs;
 use smsvoice::generate::{generate, Generated, Workload};
 use smsvoice::kafka::{ensure_topics, KafkaConfig, TopicSpec};
-use smsvoice::money::Usd;
 use smsvoice::spend::AlarmRecord;
 
 use support::kafka::{consume_all, produce_all, Consumed, KafkaBroker};
+use support::outputs::{expected_spend, latest, spend_of};
 
 const INPUT: &str = "sms-events";
 const INPUT_PARTITIONS: i32 = 4;
@@ -77,19 +77,6 @@ fn oracle(cfg: &Config, records: &[Vec<u8>]) -> Oracle {
         out.clear();
     }
     o
-}
-
-/// Expected spend per (`YYYY-MM`, channel) from the generator's truth:
-/// (exact decimal, messages).
-fn expected_spend(g: &Generated) -> BTreeMap<(String, String), (String, u64)> {
-    g.truth
-        .spend_units
-        .iter()
-        .map(|(k, units)| {
-            let msgs = g.truth.messages.get(k).copied().unwrap_or(0);
-            (k.clone(), (Usd::from_units(*units).to_string(), msgs))
-        })
-        .collect()
 }
 
 fn config_text(bootstrap: &str, group: &str, archive: &Path, exactly_once: bool) -> String {
@@ -313,43 +300,10 @@ fn assert_archive_once(archive: &Path, g: &Generated) {
     );
 }
 
-/// Latest value per key of a keyed topic.
-fn latest(records: &[Consumed]) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut sorted: Vec<&Consumed> = records.iter().collect();
-    sorted.sort_by_key(|r| (r.0, r.1));
-    let mut m = BTreeMap::new();
-    for r in sorted {
-        if let Some(k) = &r.2 {
-            m.insert(k.clone(), r.3.clone());
-        }
-    }
-    m
-}
-
 fn read(bootstrap: &str, topic: &str, rc: bool) -> Vec<Consumed> {
     // Reads until nothing new for 500 ms after `expected` (never reached:
     // the whole topic, then the quiet period) or the timeout.
     consume_all(bootstrap, topic, usize::MAX, Duration::from_secs(6), rc)
-}
-
-fn spend_of(records: &[Consumed]) -> BTreeMap<(String, String), (String, u64)> {
-    latest(records)
-        .into_values()
-        .filter_map(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
-        .filter(|v| v["messages"].as_u64().unwrap_or(0) > 0)
-        .map(|v| {
-            (
-                (
-                    v["month"].as_str().unwrap_or_default().to_owned(),
-                    v["channel"].as_str().unwrap_or_default().to_owned(),
-                ),
-                (
-                    v["spendUsd"].as_str().unwrap_or_default().to_owned(),
-                    v["messages"].as_u64().unwrap_or(0),
-                ),
-            )
-        })
-        .collect()
 }
 
 fn record_id(v: &[u8]) -> String {

@@ -25,18 +25,18 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use smsvoice::config::EMBEDDED_DEFAULT;
-use smsvoice::generate::{generate, Generated, Workload};
+use smsvoice::generate::{generate, Workload};
 use smsvoice::kafka::{ensure_topics, KafkaConfig, TopicSpec};
-use smsvoice::money::Usd;
 
 use support::kafka::{consume_all, produce_all, Consumed, KafkaBroker, SASL_PASSWORD, SASL_USER};
+use support::outputs::{expected_spend, spend_of};
 
 const INPUT_PARTITIONS: i32 = 2;
 /// How long a refused configuration may take to end the process.
@@ -180,50 +180,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// Latest value per key of a keyed topic.
-fn latest(records: &[Consumed]) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    for r in records {
-        if let Some(k) = &r.2 {
-            m.insert(k.clone(), r.3.clone());
-        }
-    }
-    m
-}
-
-/// Spend per (`YYYY-MM`, channel) of the spend topic: (decimal, messages).
-fn spend_of(records: &[Consumed]) -> BTreeMap<(String, String), (String, u64)> {
-    latest(records)
-        .into_values()
-        .filter_map(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
-        .filter(|v| v["messages"].as_u64().unwrap_or(0) > 0)
-        .map(|v| {
-            (
-                (
-                    v["month"].as_str().unwrap_or_default().to_owned(),
-                    v["channel"].as_str().unwrap_or_default().to_owned(),
-                ),
-                (
-                    v["spendUsd"].as_str().unwrap_or_default().to_owned(),
-                    v["messages"].as_u64().unwrap_or(0),
-                ),
-            )
-        })
-        .collect()
-}
-
-/// The generator's spend truth in the same form.
-fn expected_spend(g: &Generated) -> BTreeMap<(String, String), (String, u64)> {
-    g.truth
-        .spend_units
-        .iter()
-        .map(|(k, units)| {
-            let msgs = g.truth.messages.get(k).copied().unwrap_or(0);
-            (k.clone(), (Usd::from_units(*units).to_string(), msgs))
-        })
-        .collect()
 }
 
 fn record_ids(records: &[Consumed]) -> BTreeSet<String> {

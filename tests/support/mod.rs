@@ -2,4 +2,5 @@
 pub mod duckdb;
 pub mod kafka;
 pub mod outage_proxy;
+pub mod outputs;
 pub mod s3_server;
