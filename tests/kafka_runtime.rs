@@ -216,9 +216,19 @@ impl Instance {
 
     /// SIGTERM, then waits for a clean exit.
     fn sigterm(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
+        if let Some(st) = self.sigterm_status() {
+            assert!(
+                st.success(),
+                "exit after SIGTERM: {st}\n{}",
+                self.log_text()
+            );
+        }
+    }
+
+    /// SIGTERM, then waits for the exit and returns its status (`None`: the
+    /// process had already been reaped).
+    fn sigterm_status(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
         let status = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status()
@@ -227,12 +237,7 @@ impl Instance {
         let start = Instant::now();
         loop {
             if let Some(st) = c.try_wait().expect("try_wait") {
-                assert!(
-                    st.success(),
-                    "exit after SIGTERM: {st}\n{}",
-                    self.log_text()
-                );
-                return;
+                return Some(st);
             }
             if start.elapsed() > Duration::from_secs(60) {
                 let _ = c.kill();
@@ -935,8 +940,14 @@ fn exactly_once_survives_sigkills_and_a_zombie() {
             eprintln!("zombie exited (code 3): {}", fatal[0]);
             inst[0] = Instance::start(&cfg_path, "a", dir.path());
         }
-        None => eprintln!("the zombie was not fenced (no transaction open when it froze)"),
+        None => eprintln!("the zombie was not fenced within 45 s of SIGCONT"),
     }
+    let zombie_restarted = inst[0].child.is_some() && {
+        let t = std::fs::read_to_string(&inst[0].log).unwrap_or_default();
+        t.get(frozen_log as usize..)
+            .unwrap_or_default()
+            .contains("smsvoice run: fatal: Kafka producer fenced (")
+    };
 
     wait_until(
         Duration::from_secs(300),
@@ -960,8 +971,20 @@ fn exactly_once_survives_sigkills_and_a_zombie() {
         .get(frozen_log as usize..)
         .unwrap_or_default()
         .to_owned();
-    for i in &mut inst {
-        i.sigterm();
+    // b, and a once restarted, stop cleanly. A zombie not yet fenced may
+    // learn it is at its shutdown commit: then it exits 3 with the fenced
+    // line, which is the documented behaviour, not a failure.
+    inst[1].sigterm();
+    if zombie_restarted {
+        inst[0].sigterm();
+    } else if let Some(st) = inst[0].sigterm_status() {
+        let text = inst[0].log_text();
+        assert!(
+            st.success()
+                || (st.code() == Some(3)
+                    && text.contains("smsvoice run: fatal: Kafka producer fenced (")),
+            "the zombie's exit after SIGTERM: {st}\n{text}"
+        );
     }
 
     // Every enriched record exactly once.

@@ -525,7 +525,10 @@ fn step<L: Logic>(
                 for o in out.drain(..) {
                     send(shared, consumer, producer, o)?;
                 }
-                s.archived.entry(key.clone()).or_insert(m.offset());
+                if !s.archived.contains_key(&key) {
+                    // Once per partition and assignment: no key copy per record.
+                    s.archived.insert(key.clone(), m.offset());
+                }
                 s.next.insert(key, m.offset() + 1);
                 s.reads += 1;
                 shared.metrics.progress.fetch_add(1, Ordering::Relaxed);
