@@ -12,7 +12,7 @@
 //!    controller on 127.0.0.1, started by `tests/support/kafka.rs`), when its
 //!    jars are installed (`RESTORE_BROKER=0` skips it): the partitions are
 //!    produced to a fresh topic, then each is restored with
-//!    `runtime::message_stage::restore_owner` (what a message stage does
+//!    `runtime::message_owner::restore_owner` (what a message stage does
 //!    when it gains a partition), one after the other, with the runtime's
 //!    default Kafka settings (`reread_offset_gaps` false).
 //!
@@ -37,7 +37,7 @@ use smsvoice::decode::RecordSource;
 use smsvoice::generate::{generate, Workload};
 use smsvoice::kafka::{ensure_topics, KafkaConfig, TopicSpec};
 use smsvoice::model::Provenance;
-use smsvoice::runtime::message_stage::restore_owner;
+use smsvoice::runtime::message_owner::restore_owner;
 use smsvoice::runtime::records::partition_of;
 use smsvoice::runtime::{Metrics, Shared};
 use smsvoice::stages::message_owner::{MessageOwner, OwnerOutputs};

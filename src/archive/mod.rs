@@ -57,7 +57,7 @@
 //!    `archived` below the committed offset: it restores state up to
 //!    `archived`, processes the range up to the committed offset again with
 //!    its outputs discarded, seals it exactly at the committed offset and
-//!    uploads it (`runtime::stage::take`). Those are the objects the crashed
+//!    uploads it (`runtime::commit::take`). Those are the objects the crashed
 //!    owner wrote or would have written (same names: first rows; same rows),
 //!    so a partial upload is completed or replaced. Uncommitted ranges are
 //!    reprocessed from the committed offset, and every object a crashed run

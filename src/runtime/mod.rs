@@ -6,10 +6,10 @@
 //! | loop | consumes (group) | produces |
 //! |---|---|---|
 //! | [`router`] | input topics (`<group>`) | `events-by-message` (key messageId), `inbound-by-number` (key customer), dead letters |
-//! | [`message_stage`] | `events-by-message` (`<group>.messages`) | enriched events, `spend-partials` |
-//! | [`optout_stage`] | `inbound-by-number` (`<group>.optouts`) | enriched inbound, opt-out changelog, replies |
-//! | [`totals_stage`] | `spend-partials` (`<group>.totals`) | spend changelog, alarms |
-//! | [`replica`] | opt-out changelog + `spend-partials`, all partitions, no group | (the local [`crate::stages::view::View`]) |
+//! | [`message_owner`] | `events-by-message` (`<group>.messages`) | enriched events, `spend-partials` |
+//! | [`optout_owner`] | `inbound-by-number` (`<group>.optouts`) | enriched inbound, opt-out changelog, replies |
+//! | [`totals`] | `spend-partials` (`<group>.totals`) | spend changelog, alarms |
+//! | [`view`] | opt-out changelog + `spend-partials`, all partitions, no group | (the local [`crate::stages::view::View`]) |
 //!
 //! [`stage`] holds what the four consuming loops share: consume, process,
 //! produce, then at each commit point upload the archive and commit offsets
@@ -32,16 +32,19 @@
 //! records), and the instance then stops ([`RuntimeError::Fatal`]) instead
 //! of retrying forever.
 
+pub mod commit;
 pub mod formats;
-pub mod message_stage;
-pub mod optout_stage;
+pub mod gaps;
+pub mod message_owner;
+pub mod optout_owner;
+pub mod produce;
 pub mod records;
-pub mod replica;
 pub mod restore;
 pub mod retry;
 pub mod router;
 pub mod stage;
-pub mod totals_stage;
+pub mod totals;
+pub mod view;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -221,10 +224,10 @@ pub struct Metrics {
     /// Rewinds after an error or a rebalance in a transaction.
     pub rewinds: AtomicU64,
     /// Partitions re-read after the broker delivered an offset beyond the
-    /// expected one (see `stage::in_sequence`).
+    /// expected one (see `gaps::in_sequence`).
     pub refetches: AtomicU64,
     /// Records processed again to rewrite the archive range of a commit
-    /// whose upload may not have happened (see `stage::take`).
+    /// whose upload may not have happened (see `commit::take`).
     pub rearchived: AtomicU64,
     /// Records read by any stage (a progress signal).
     pub progress: AtomicU64,
@@ -443,7 +446,7 @@ impl Instance {
         };
         {
             let s = shared.clone();
-            threads.push(spawn("replica", Box::new(move || replica::run(&s)))?);
+            threads.push(spawn("replica", Box::new(move || view::run(&s)))?);
         }
         {
             let s = shared.clone();
@@ -456,21 +459,21 @@ impl Instance {
             let s = shared.clone();
             threads.push(spawn(
                 "messages",
-                Box::new(move || stage::run(&s, message_stage::MessageStage::new(&s))),
+                Box::new(move || stage::run(&s, message_owner::MessageStage::new(&s))),
             )?);
         }
         {
             let s = shared.clone();
             threads.push(spawn(
                 "optouts",
-                Box::new(move || stage::run(&s, optout_stage::OptOutStage::new(&s))),
+                Box::new(move || stage::run(&s, optout_owner::OptOutStage::new(&s))),
             )?);
         }
         {
             let s = shared.clone();
             threads.push(spawn(
                 "totals",
-                Box::new(move || stage::run(&s, totals_stage::TotalsStage::new(&s))),
+                Box::new(move || stage::run(&s, totals::TotalsStage::new(&s))),
             )?);
         }
         Ok(Instance {

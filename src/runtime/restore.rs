@@ -12,8 +12,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use std::sync::Arc;
 
+use super::gaps::GapProbe;
 use super::retry::in_place;
-use super::stage::{GapProbe, InRecord, PollErrors};
+use super::stage::{InRecord, PollErrors};
 use super::{RuntimeError, Shared};
 use crate::kafka::client::ClientWatch;
 use crate::kafka::{consumer_config, ClientError};
@@ -147,7 +148,7 @@ pub fn try_replay_range(
     let mut last_progress = Instant::now();
     // As in the stage loop, with `reread_offset_gaps` (brokers that skip
     // records): a gap is believed only once the broker has been seen
-    // reading through it (see `stage::in_sequence`). Otherwise a gap is
+    // reading through it (see `gaps::in_sequence`). Otherwise a gap is
     // real (transaction markers, compaction) and costs nothing.
     let mut expected = low;
     let mut probe: Option<GapProbe> = None;

@@ -1,0 +1,198 @@
+//! Producing a stage's outputs: the delivery reports (a failed delivery
+//! voids the at-least-once commit) and backpressure on a full producer queue
+//! (the consumer paused and polled meanwhile, never a blind wait).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::records::OutRecord;
+use super::stage::{kafka, PollErrors, StageContext, CALL_TIMEOUT, POLL};
+use super::{RuntimeError, Shared};
+use crate::kafka::client::ClientWatch;
+
+/// Counts failed deliveries (at-least-once: a failure voids the commit).
+pub(super) struct DeliveryContext {
+    pub(super) failed: AtomicU64,
+    pub(super) first_error: Mutex<Option<String>>,
+    pub(super) watch: ClientWatch,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.watch.error(error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.watch.log(level, fac, log_message);
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            // An authorization failure is fatal to the process.
+            self.watch.delivery(result, ());
+            if let Ok(mut f) = self.first_error.lock() {
+                f.get_or_insert_with(|| format!("{} [{}]: {e}", m.topic(), m.partition()));
+            }
+        }
+    }
+}
+
+/// How long [`send`] waits on a full producer queue before it pauses the
+/// consumer's partitions and polls the consumer while waiting.
+pub const QUEUE_FULL_PAUSE_AFTER: Duration = Duration::from_millis(100);
+
+/// Sends one record, waiting while the producer queue is full (the
+/// producer's own thread serves its delivery reports meanwhile; see
+/// [`QueueFullWait`] for the consumer).
+pub(super) fn send(
+    shared: &Shared,
+    consumer: &BaseConsumer<StageContext>,
+    producer: &ThreadedProducer<DeliveryContext>,
+    o: OutRecord,
+) -> Result<(), RuntimeError> {
+    let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+    for (k, v) in &o.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_slice()),
+        });
+    }
+    let mut rec = BaseRecord::to(&o.topic)
+        .key(o.key.as_slice())
+        .payload(o.value.as_slice())
+        .headers(headers);
+    if let Some(p) = o.partition {
+        rec = rec.partition(p);
+    }
+    if let Some(t) = o.timestamp_ms {
+        rec = rec.timestamp(t);
+    }
+    let mut wait: Option<QueueFullWait> = None;
+    let sent = loop {
+        match producer.send(rec) {
+            Ok(()) => break Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                // Backpressure: the broker is slower than we are.
+                rec = r;
+                let w = wait.get_or_insert_with(QueueFullWait::new);
+                if let Err(e) = w.tick(shared, consumer) {
+                    break Err(e);
+                }
+            }
+            Err((e, _)) => break Err(kafka("produce", e)),
+        }
+    };
+    if let Some(w) = wait {
+        w.finish(consumer);
+    }
+    sent
+}
+
+/// A wait on a full producer queue. The first [`QUEUE_FULL_PAUSE_AFTER`] is
+/// slept through; then every assigned partition is paused (librdkafka drops
+/// what it prefetched and resumes from the last record handed out) and the
+/// consumer is polled, so that rebalance callbacks run (their events are
+/// handled by the loop afterwards, as usual), consumer errors are seen and
+/// the member stays within `max.poll.interval.ms`. A record a poll still
+/// returns (of a partition assigned meanwhile, so not paused) is read again:
+/// its partition is sought back to it when the wait ends.
+pub(super) struct QueueFullWait {
+    pub(super) since: Instant,
+    pub(super) paused: Option<TopicPartitionList>,
+    pub(super) reread: BTreeMap<(String, i32), i64>,
+    pub(super) poll_errors: PollErrors,
+}
+
+impl QueueFullWait {
+    fn new() -> QueueFullWait {
+        QueueFullWait {
+            since: Instant::now(),
+            paused: None,
+            reread: BTreeMap::new(),
+            poll_errors: PollErrors::default(),
+        }
+    }
+
+    /// One turn of the wait: an error ends it (a fatal error of the
+    /// instance, a fatal consumer error, or still full a while after a stop
+    /// was asked for).
+    fn tick(
+        &mut self,
+        shared: &Shared,
+        consumer: &BaseConsumer<StageContext>,
+    ) -> Result<(), RuntimeError> {
+        if let Some(f) = shared.fatal() {
+            return Err(RuntimeError::Fatal(Box::new(f)));
+        }
+        let waited = self.since.elapsed();
+        if waited >= CALL_TIMEOUT && shared.stopping() {
+            return Err(kafka(
+                "produce",
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+            ));
+        }
+        if waited < QUEUE_FULL_PAUSE_AFTER {
+            std::thread::sleep(Duration::from_millis(2));
+            return Ok(());
+        }
+        if self.paused.is_none() {
+            let tpl = consumer
+                .assignment()
+                .map_err(|e| kafka("read assignment", e))?;
+            consumer
+                .pause(&tpl)
+                .map_err(|e| kafka("pause partitions", e))?;
+            tracing::debug!(
+                partitions = tpl.count(),
+                "producer queue full: consumer paused"
+            );
+            self.paused = Some(tpl);
+        }
+        match consumer.poll(POLL) {
+            None => {}
+            Some(Ok(m)) => {
+                let o = self
+                    .reread
+                    .entry((m.topic().to_owned(), m.partition()))
+                    .or_insert(m.offset());
+                *o = (*o).min(m.offset());
+            }
+            Some(Err(e)) => {
+                self.poll_errors
+                    .check(shared, "producer queue full", "consume", e, true)?
+            }
+        }
+        Ok(())
+    }
+
+    /// Resumes what was paused and seeks back to the records read meanwhile.
+    /// Failures are logged only: a partition revoked meanwhile can be
+    /// neither resumed nor sought, and needs neither.
+    fn finish(self, consumer: &BaseConsumer<StageContext>) {
+        if let Some(tpl) = &self.paused {
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::debug!(error = %e, "resume after a full producer queue");
+            }
+        }
+        for ((t, p), o) in self.reread {
+            if let Err(e) = consumer.seek(&t, p, Offset::Offset(o), CALL_TIMEOUT) {
+                tracing::debug!(topic = t, partition = p, error = %e, "seek back after a full producer queue");
+            }
+        }
+    }
+}
