@@ -6,16 +6,18 @@
 //! from files. The shells ([`crate::file_mode`], later Kafka) only move bytes
 //! in and records out.
 
-use crate::config::Config;
 use crate::decode::{decode_record_with, Accepted, Decoded, RecordSource};
 use crate::enrich::{
     destination_opted_out, splice, EnrichedEvent, EnrichedInbound, EventEnrichment,
     InboundEnrichment, OptOutRecord, Outputs, SpendRecord, EVENT_KEYS, INBOUND_KEYS,
 };
 use crate::limits::Limits;
+use crate::limits::LimitsConfig;
 use crate::model::{DeliveryEvent, InboundMessage, Payload};
 use crate::money::Usd;
+use crate::optout::config::OptOutConfig;
 use crate::optout::OptOutEngine;
+use crate::spend::config::SpendConfig;
 use crate::spend::{AlarmEngine, SpendLedger};
 
 /// Running counts, for summaries and metrics.
@@ -39,6 +41,18 @@ pub struct Counters {
     pub replies: u64,
 }
 
+/// The configuration the core reads: its own sections only (the shell's
+/// [`crate::config::Config`] converts into it, `Core::new(&cfg)`).
+#[derive(Clone, Copy, Debug)]
+pub struct CoreConfig<'a> {
+    /// `[spend]`.
+    pub spend: &'a SpendConfig,
+    /// `[optout]`.
+    pub optout: &'a OptOutConfig,
+    /// `[limits]`.
+    pub limits: &'a LimitsConfig,
+}
+
 /// The core: all state of one pipeline instance.
 pub struct Core {
     limits: Limits,
@@ -50,12 +64,13 @@ pub struct Core {
 
 impl Core {
     /// A core with empty state.
-    pub fn new(cfg: &Config) -> Core {
+    pub fn new<'a>(cfg: impl Into<CoreConfig<'a>>) -> Core {
+        let cfg = cfg.into();
         Core {
             limits: Limits::new(cfg),
-            optout: OptOutEngine::new(&cfg.optout),
-            ledger: SpendLedger::new(&cfg.spend),
-            alarms: AlarmEngine::new(&cfg.spend),
+            optout: OptOutEngine::new(cfg.optout),
+            ledger: SpendLedger::new(cfg.spend),
+            alarms: AlarmEngine::new(cfg.spend),
             counters: Counters::default(),
         }
     }

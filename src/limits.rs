@@ -38,9 +38,10 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::config::{Config, SpendConfig};
+use crate::core::CoreConfig;
 use crate::model::Channel;
 use crate::money::Usd;
+use crate::spend::config::SpendConfig;
 
 /// Default [`LimitsConfig::max_clock_skew`]: 15 minutes.
 pub const DEFAULT_MAX_CLOCK_SKEW_MS: i64 = 15 * 60_000;
@@ -243,8 +244,9 @@ impl Limits {
     };
 
     /// The limits of a configuration.
-    pub fn new(cfg: &Config) -> Limits {
-        Limits::from_parts(&cfg.limits, &cfg.spend)
+    pub fn new<'a>(cfg: impl Into<CoreConfig<'a>>) -> Limits {
+        let cfg = cfg.into();
+        Limits::from_parts(cfg.limits, cfg.spend)
     }
 
     /// The limits of `[limits]` with the cost ceilings of `[spend]`.
@@ -286,6 +288,7 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn defaults_agree() {

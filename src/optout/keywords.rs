@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use super::InboundAction;
-use crate::config::{KeywordAction, RESERVED_KEYWORDS};
+use crate::optout::config::{KeywordAction, RESERVED_KEYWORDS};
 
 /// Mandatory opt-out keywords of non-toll-free numbers; they cannot be deleted.
 pub const MANDATORY_OPT_OUT: [&str; 10] = [

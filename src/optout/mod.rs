@@ -18,6 +18,7 @@
 //! * Self-managed numbers get their replies ([`Reply`]) from here; other
 //!   numbers are answered by the service, but their state is still kept.
 
+pub mod config;
 pub mod keywords;
 
 use std::borrow::Borrow;

@@ -26,9 +26,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AlarmConfig, Comparison, SpendConfig};
 use crate::model::Channel;
 use crate::money::Usd;
+use crate::spend::config::{AlarmConfig, Comparison, SpendConfig};
 
 use super::month::MonthKey;
 

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod alarms;
+pub mod config;
 pub mod ledger;
 pub mod month;
 
