@@ -706,7 +706,7 @@ fn check_context(
 
 /// `invalid_money` when a price, a fee or their sum exceeds the channel's
 /// per-message ceiling.
-fn check_cost(
+pub(crate) fn check_cost(
     channel: crate::model::Channel,
     price: Option<Usd>,
     fee: Option<Usd>,

@@ -987,8 +987,9 @@ fn stages_bound_times_and_forwarded_records_too() {
     let Some(Routed::Event { record, .. }) = routed.pop() else {
         panic!("routed")
     };
-    let v: Value = serde_json::from_slice(&record).expect("forwarded json");
-    assert_eq!(v["a"], ARRIVAL);
+    let mut intern = |s: &str| Arc::<str>::from(s);
+    let (fwd, _, _) = forward::decode_event(&record, &limits, &mut intern).expect("forwarded");
+    assert_eq!(fwd.arrival_ms, Some(ARRIVAL));
 
     // forged forwarded records: a far-future event, a far-future receive time
     let prov = Provenance {
@@ -1008,6 +1009,27 @@ fn stages_bound_times_and_forwarded_records_too() {
     let view = View::new(&cfg.optout);
     let mut o = OwnerOutputs::default();
     owner.process(&forged_event, &at(0, 0), &view, &mut o);
+    assert!(o.events.is_empty());
+    assert_eq!(o.dead_letters.len(), 1);
+    assert_eq!(o.dead_letters[0].reason.field(), Some("eventTimestamp"));
+    assert_eq!(owner.ledger().watermark(), None);
+    // the same forged event in the compact format routers write
+    let raw = event("TEXT_DELIVERED", "f-1", Y2150, req, p);
+    let (ev, _) = smsvoice::decode::decode_delivery(raw.as_bytes()).expect("typed");
+    let compact = forward::compact::encode_event(
+        &forward::compact::Origin {
+            provenance: &prov,
+            received_at: None,
+            arrival_ms: Some(ARRIVAL),
+            forwarded_at: None,
+            envelopes: &[],
+            has_keys: false,
+        },
+        &ev,
+        raw.as_bytes(),
+    );
+    o.clear();
+    owner.process(&compact, &at(0, 0), &view, &mut o);
     assert!(o.events.is_empty());
     assert_eq!(o.dead_letters.len(), 1);
     assert_eq!(o.dead_letters[0].reason.field(), Some("eventTimestamp"));

@@ -27,9 +27,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use crate::config::{
-    default_help_response, default_start_response, default_stop_response, OptOutConfig,
-};
+use config::{default_help_response, default_start_response, default_stop_response, OptOutConfig};
 use crate::model::InboundMessage;
 use keywords::{Classification, NumberKeywords};
 

@@ -6,7 +6,7 @@ use chrono::DateTime;
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::{AlarmConfig, Comparison, LimitConfig, SpendConfig};
+use crate::spend::config::{AlarmConfig, Comparison, LimitConfig, SpendConfig};
 use crate::model::{Channel, DeliveryEvent};
 use crate::money::Usd;
 

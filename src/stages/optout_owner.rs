@@ -9,14 +9,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::config::OptOutConfig;
 use crate::dead_letter::DeadLetter;
-use crate::decode::{decode_inbound_with, TimeBound};
 use crate::enrich::{splice, EnrichedInbound, InboundEnrichment, INBOUND_KEYS};
 use crate::limits::Limits;
 use crate::model::Provenance;
+use crate::optout::config::OptOutConfig;
 use crate::optout::{OptOutChange, OptOutEngine, Reply};
-use crate::stages::forward;
+use crate::stages::forward::{self, Refused};
 
 /// What the owner produced for one forwarded record.
 #[derive(Debug, Default)]
@@ -78,9 +77,9 @@ impl OptOutOwner {
     /// Processes one forwarded inbound record; `at` names it in a dead letter.
     pub fn process(&mut self, record: &[u8], at: &Provenance, out: &mut OptOutOutputs) {
         let mut intern = |s: &str| -> Arc<str> { Arc::from(s) };
-        let f = match forward::decode(record, &mut intern) {
-            Ok(f) => f,
-            Err(reason) => {
+        let (f, msg, has_keys) = match forward::decode_inbound(record, &self.limits, &mut intern) {
+            Ok(x) => x,
+            Err(Refused::Record(reason)) => {
                 out.dead_letters.push(DeadLetter {
                     reason,
                     payload: record.to_vec(),
@@ -90,29 +89,26 @@ impl OptOutOwner {
                 });
                 return;
             }
+            Err(Refused::Payload(p)) => {
+                let forward::PayloadRefused { reason, forwarded } = *p;
+                if self
+                    .seen
+                    .insert(forward::position_hash(&forwarded.provenance))
+                {
+                    out.dead_letters.push(DeadLetter {
+                        reason,
+                        payload: record.to_vec(),
+                        inner_payload: Some(forwarded.payload.to_vec()),
+                        envelopes: vec![],
+                        provenance: forwarded.provenance,
+                    });
+                }
+                return;
+            }
         };
         if !self.seen.insert(forward::position_hash(&f.provenance)) {
             return;
         }
-        let bound = TimeBound::new(&self.limits, f.arrival_ms);
-        let decoded = f
-            .received_at
-            .map(|t| bound.check_not_after("t", t))
-            .transpose()
-            .and_then(|t| decode_inbound_with(f.payload, t, &self.limits));
-        let (msg, has_keys) = match decoded {
-            Ok(x) => x,
-            Err(reason) => {
-                out.dead_letters.push(DeadLetter {
-                    reason,
-                    payload: record.to_vec(),
-                    inner_payload: Some(f.payload.to_vec()),
-                    envelopes: vec![],
-                    provenance: f.provenance,
-                });
-                return;
-            }
-        };
         let o = self.engine.handle_inbound(&msg);
         let enrichment = InboundEnrichment::new(&o, f.provenance.record_id());
         if let Some(c) = o.change {

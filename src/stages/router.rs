@@ -15,6 +15,7 @@ use crate::decode::{decode_record_with, Decoded, RecordSource};
 use crate::limits::Limits;
 use crate::model::Payload;
 use crate::stages::forward;
+use crate::stages::forward::compact::{self, Origin};
 
 /// Where a payload goes.
 #[derive(Clone, Debug)]
@@ -23,7 +24,7 @@ pub enum Routed {
     Event {
         /// Partition key.
         message_id: String,
-        /// The forwarded record ([`forward::encode`]).
+        /// The forwarded record ([`compact::encode_event`]).
         record: Vec<u8>,
     },
     /// To the owner of the customer number.
@@ -68,30 +69,33 @@ pub fn route_at(
     for d in decoded {
         match d {
             Decoded::Dead(dl) => out.push(Routed::Dead(dl)),
-            Decoded::Accepted(a) => match a.payload {
-                Payload::Delivery(ev) => out.push(Routed::Event {
-                    record: forward::encode_at(
-                        &a.provenance,
-                        None,
-                        arrival,
-                        forwarded_at,
-                        &a.envelopes,
-                        &a.raw,
-                    ),
-                    message_id: ev.message_id,
-                }),
-                Payload::Inbound(msg) => out.push(Routed::Inbound {
-                    record: forward::encode_at(
-                        &a.provenance,
-                        msg.received_at,
-                        arrival,
-                        forwarded_at,
-                        &a.envelopes,
-                        &a.raw,
-                    ),
-                    customer: msg.origination_number,
-                }),
-            },
+            Decoded::Accepted(a) => {
+                let origin = Origin {
+                    provenance: &a.provenance,
+                    received_at: None,
+                    arrival_ms: arrival,
+                    forwarded_at,
+                    envelopes: &a.envelopes,
+                    has_keys: a.has_enrichment_keys,
+                };
+                match a.payload {
+                    Payload::Delivery(ev) => out.push(Routed::Event {
+                        record: compact::encode_event(&origin, &ev, &a.raw),
+                        message_id: ev.message_id,
+                    }),
+                    Payload::Inbound(msg) => out.push(Routed::Inbound {
+                        record: compact::encode_inbound(
+                            &Origin {
+                                received_at: msg.received_at,
+                                ..origin
+                            },
+                            &msg,
+                            &a.raw,
+                        ),
+                        customer: msg.origination_number,
+                    }),
+                }
+            }
         }
     }
 }

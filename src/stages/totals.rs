@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::SpendConfig;
 use crate::model::Channel;
 use crate::money::Usd;
+use crate::spend::config::SpendConfig;
 use crate::spend::{AlarmEngine, AlarmRecord, AlarmSnapshot, MonthKey, Totals};
 use crate::stages::view::PartialTotal;
 

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::OptOutConfig;
 use crate::model::Channel;
 use crate::money::Usd;
+use crate::optout::config::OptOutConfig;
 use crate::optout::{OptOutChange, OptOutEngine};
 use crate::spend::{MonthKey, Totals};
 

@@ -1,7 +1,13 @@
 //! The record the router forwards to an owner: one payload, exactly as it was
 //! received, with its original position.
 //!
-//! Format (one JSON object; `payload` is the original payload object inlined
+//! Routers write the compact binary format ([`compact`]: the typed fields
+//! the router decoded, then the payload's bytes), so owners never parse a
+//! payload's JSON again. Owners read both that and the JSON format below,
+//! which routers of previous releases wrote ([`decode_event`],
+//! [`decode_inbound`]).
+//!
+//! JSON format (one JSON object; `payload` is the original payload object inlined
 //! verbatim, never re-serialised):
 //! `{"src":"events","p":3,"o":1042,"s":0,"t":1762000000123,"a":1762000000456,"f":1762000000789,"env":["sns"],"payload":{...}}`
 //! (`p`, `t`, `a` may be null; `a` and `f` may be absent: records written
@@ -18,6 +24,8 @@
 //! markers written before it existed): see
 //! [`SpendLedger::apply_forwarded`](crate::spend::SpendLedger::apply_forwarded).
 
+pub mod compact;
+
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -25,7 +33,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::dead_letter::Reason;
-use crate::model::Provenance;
+use crate::decode::{decode_delivery_with, decode_inbound_with, TimeBound};
+use crate::limits::Limits;
+use crate::model::{DeliveryEvent, InboundMessage, Provenance};
 
 /// A forwarded payload, borrowed from the forwarded record.
 #[derive(Clone, Debug)]
@@ -42,6 +52,76 @@ pub struct Forwarded<'a> {
     pub envelopes: Vec<&'static str>,
     /// The payload object's original bytes.
     pub payload: &'a [u8],
+}
+
+/// Why an owner does not accept a forwarded record.
+#[derive(Debug)]
+pub enum Refused<'a> {
+    /// The record itself cannot be read (a dead letter of the record).
+    Record(Reason),
+    /// The record is readable but its payload is not accepted (a dead letter
+    /// of the payload, inside the record, at its original position).
+    Payload(Box<PayloadRefused<'a>>),
+}
+
+/// A readable forwarded record whose payload is not accepted.
+#[derive(Debug)]
+pub struct PayloadRefused<'a> {
+    /// Why.
+    pub reason: Reason,
+    /// The readable record.
+    pub forwarded: Forwarded<'a>,
+}
+
+impl<'a> Refused<'a> {
+    /// The payload of `forwarded` is refused for `reason`.
+    pub fn payload(reason: Reason, forwarded: Forwarded<'a>) -> Refused<'a> {
+        Refused::Payload(Box::new(PayloadRefused { reason, forwarded }))
+    }
+}
+
+/// Decodes a forwarded delivery event in either format: compact
+/// ([`compact::EVENT_TAG`], what routers write) or JSON (records written
+/// by a previous release: the payload is then decoded from its JSON, with
+/// the same checks). Returns the forwarded position, the event, and whether
+/// its payload has a key that enrichment writes.
+pub fn decode_event<'a>(
+    record: &'a [u8],
+    limits: &Limits,
+    intern: &mut impl FnMut(&str) -> Arc<str>,
+) -> Result<(Forwarded<'a>, DeliveryEvent, bool), Refused<'a>> {
+    if record.first() == Some(&compact::EVENT_TAG) {
+        return compact::decode_event(record, limits, intern);
+    }
+    let f = decode(record, intern).map_err(Refused::Record)?;
+    match decode_delivery_with(f.payload, limits, TimeBound::new(limits, f.arrival_ms)) {
+        Ok((ev, keys)) => Ok((f, ev, keys)),
+        Err(reason) => Err(Refused::payload(reason, f)),
+    }
+}
+
+/// Decodes a forwarded inbound message in either format (see
+/// [`decode_event`]); its forwarded receive time `t` is bounded by the
+/// forwarded arrival time plus the skew.
+pub fn decode_inbound<'a>(
+    record: &'a [u8],
+    limits: &Limits,
+    intern: &mut impl FnMut(&str) -> Arc<str>,
+) -> Result<(Forwarded<'a>, InboundMessage, bool), Refused<'a>> {
+    if record.first() == Some(&compact::INBOUND_TAG) {
+        return compact::decode_inbound(record, limits, intern);
+    }
+    let f = decode(record, intern).map_err(Refused::Record)?;
+    let bound = TimeBound::new(limits, f.arrival_ms);
+    let decoded = f
+        .received_at
+        .map(|t| bound.check_not_after("t", t))
+        .transpose()
+        .and_then(|t| decode_inbound_with(f.payload, t, limits));
+    match decoded {
+        Ok((msg, keys)) => Ok((f, msg, keys)),
+        Err(reason) => Err(Refused::payload(reason, f)),
+    }
 }
 
 /// Encodes a forwarded record without a forwarding time.
