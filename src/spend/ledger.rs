@@ -87,13 +87,17 @@
 //! are tracked; totals are a few words per (month, channel).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::config::SpendConfig;
+use crate::spend::config::SpendConfig;
 use crate::model::{Channel, DeliveryEvent};
 use crate::money::Usd;
 
 use super::month::MonthKey;
+
+mod snapshot;
+
+pub use snapshot::{LedgerChanges, SnapshotError};
 
 /// Milliseconds in an hour.
 const MS_PER_HOUR: i64 = 3_600_000;
@@ -162,6 +166,9 @@ pub struct SpendLedger {
     /// Closed months whose entries were dropped: their totals are final.
     sealed: BTreeSet<MonthKey>,
     types: Interner,
+    /// The messageIds whose entry changed or was dropped since the last
+    /// export (`None`: not tracked; see [`SpendLedger::track_changes`]).
+    dirty: Option<HashSet<Box<str>>>,
 }
 
 /// Slack for the difference between two routers' clocks: an event forwarded
@@ -382,6 +389,7 @@ impl SpendLedger {
             totals: BTreeMap::new(),
             sealed: BTreeSet::new(),
             types: Interner::default(),
+            dirty: None,
         }
     }
 
@@ -628,6 +636,9 @@ impl SpendLedger {
             // The entry was found above and nothing removed it since.
             return self.apply_new(ev, own_cost, position);
         };
+        if let Some(d) = self.dirty.as_mut() {
+            d.insert(ev.message_id.as_str().into());
+        }
         let old_cost = entry.counted();
         if !duplicate {
             entry.seen.push((ty, ev.event_timestamp));
@@ -713,6 +724,9 @@ impl SpendLedger {
             best,
         };
         let cost = entry.counted();
+        if let Some(d) = self.dirty.as_mut() {
+            d.insert(ev.message_id.as_str().into());
+        }
         self.entries.insert(ev.message_id.as_str().into(), entry);
         *self.open_entries.entry(month).or_insert(0) += 1;
         let t = self.bump(month, channel, cost, 1);
@@ -770,7 +784,16 @@ impl SpendLedger {
         // Months close in order, so every entry of a closed month has a month
         // <= the last one that closed.
         if let Some(last) = last_closed {
-            self.entries.retain(|_, e| e.month > last);
+            match self.dirty.as_mut() {
+                Some(dirty) => self.entries.retain(|k, e| {
+                    let keep = e.month > last;
+                    if !keep {
+                        dirty.insert(k.clone());
+                    }
+                    keep
+                }),
+                None => self.entries.retain(|_, e| e.month > last),
+            }
         }
     }
 

@@ -26,7 +26,7 @@ pub mod ledger;
 pub mod month;
 
 pub use alarms::{AlarmEngine, AlarmRecord, AlarmSnapshot, AlarmState, AlarmStateEntry};
-pub use ledger::{LedgerOutcome, SpendLedger, Totals};
+pub use ledger::{LedgerChanges, LedgerOutcome, SnapshotError, SpendLedger, Totals};
 pub use month::{MonthKey, ParseMonthError};
 
 #[cfg(test)]

@@ -358,7 +358,12 @@ mod tests {
         o.ledger()
             .totals()
             .into_iter()
-            .map(|(m, c, t)| ((m.to_string(), c.to_string()), (t.spend.units(), t.messages)))
+            .map(|(m, c, t)| {
+                (
+                    (m.to_string(), c.to_string()),
+                    (t.spend.units(), t.messages),
+                )
+            })
             .collect()
     }
 
@@ -401,7 +406,11 @@ mod tests {
                 let c = restarted.ledger_mut().snapshot_changes();
                 tombstones += c.entries.iter().filter(|e| e.1.is_none()).count();
                 log.write(c);
-                assert_eq!(log.live(), restarted.ledger().tracked_messages(), "record {i}");
+                assert_eq!(
+                    log.live(),
+                    restarted.ledger().tracked_messages(),
+                    "record {i}"
+                );
                 if rng.below(3) == 0 {
                     log.clean(&mut rng);
                     // A crash right after the commit: the next owner has the
@@ -425,7 +434,10 @@ mod tests {
             );
         }
         assert!(restores >= 5, "{restores} restores");
-        assert_eq!(restarted.ledger().snapshot_all(), never.ledger().snapshot_all());
+        assert_eq!(
+            restarted.ledger().snapshot_all(),
+            never.ledger().snapshot_all()
+        );
         assert_eq!(spend_by_month(&restarted), truth_by_month(&truth));
         if months > 1 {
             assert!(sealed_seen > 0, "no month was sealed");
@@ -459,11 +471,18 @@ mod tests {
             out.clear();
         }
         let c = o.ledger_mut().snapshot_changes();
-        let (key, value) = c.entries.iter().find_map(|(k, v)| Some((k, v.clone()?))).expect("an entry");
+        let (key, value) = c
+            .entries
+            .iter()
+            .find_map(|(k, v)| Some((k, v.clone()?)))
+            .expect("an entry");
         let mut r = owner(&cfg);
         let l = r.ledger_mut();
         for cut in [0, 1, value.len() / 2, value.len() - 1] {
-            assert!(l.restore_entry(key, Some(&value[..cut])).is_err(), "cut {cut}");
+            assert!(
+                l.restore_entry(key, Some(&value[..cut])).is_err(),
+                "cut {cut}"
+            );
         }
         let mut longer = value.clone();
         longer.push(0);
