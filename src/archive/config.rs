@@ -11,6 +11,10 @@
 //! max_bytes = 134217728          # estimated Parquet bytes per file
 //! max_age = "10m"                # Kafka mode: a quiet topic lands within this
 //!
+//! [archive.uploads]             # Kafka mode (the archive sink)
+//! max_in_flight_bytes = 268435456  # closed files not yet durable, all partitions
+//! max_queued_per_partition = 2     # closed segments waiting per partition
+//!
 //! [archive.retry]
 //! max_attempts = 5
 //! initial_backoff_ms = 200
@@ -48,6 +52,9 @@ pub struct ArchiveConfig {
     /// How failed store writes are retried.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Kafka mode: how many closed files may wait for their upload.
+    #[serde(default)]
+    pub uploads: UploadLimits,
     /// S3 connection options (used for `s3://` locations only).
     #[serde(default)]
     pub s3: S3Options,
@@ -61,12 +68,15 @@ pub struct ArchiveConfig {
 ///
 /// * `max_rows` and `max_bytes` are deterministic: the same input gives the
 ///   same cuts on every replay.
-/// * `max_age` is wall-clock time since the oldest row still buffered for a
-///   source partition; it bounds how late a quiet topic's rows land. Kafka
-///   mode records the intended end offset durably before an age-triggered
-///   upload, so a replay cuts at the same record (see [`crate::archive`]).
-///   File mode ignores it: its input is finite and everything is flushed at
-///   the end of each input file.
+/// * `max_age` bounds how late a row lands. Kafka mode (the archive sink)
+///   measures it with the records' Kafka timestamps, which are fixed in the
+///   log: a segment is cut before the first record stamped `max_age` or
+///   more after the segment's first record, so a replay cuts at the same
+///   record. A quiet partition is flushed by the wall clock (its first
+///   record `max_age` old), but only once it has been read to its high
+///   watermark: a replay cannot be caught up before the original cut point
+///   (see [`crate::archive`]). File mode ignores it: its input is finite
+///   and everything is flushed at the end of each input file.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RollingPolicy {
@@ -78,7 +88,7 @@ pub struct RollingPolicy {
     /// encoded. Default 128 MiB.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
-    /// Maximum age of buffered rows before they are uploaded: a duration
+    /// Maximum age of buffered rows before they are cut (see above): a duration
     /// text (`"500ms"`, `"30s"`, `"10m"`, `"1h"`) or whole seconds.
     /// Default 10 minutes.
     #[serde(default = "default_max_age", deserialize_with = "deserialize_duration")]
@@ -120,6 +130,42 @@ impl RollingPolicy {
             return Err("archive.rolling.max_age must be positive".into());
         }
         Ok(())
+    }
+}
+
+/// `[archive.uploads]`: the bound on closed files not yet durable in Kafka
+/// mode. The archive sink uploads closed files while it keeps reading; a
+/// partition that has `max_queued_per_partition` closed segments waiting,
+/// or any waiting segment while all waiting segments together hold
+/// `max_in_flight_bytes` or more, is paused (the consumer keeps polling)
+/// until its uploads catch up.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UploadLimits {
+    /// Bytes of closed files not yet durable, all partitions (at least 1).
+    /// Default 256 MiB.
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: u64,
+    /// Closed segments (the files of one partition cut together) waiting
+    /// per partition, the one uploading included (at least 1). Default 2.
+    #[serde(default = "default_max_queued_per_partition")]
+    pub max_queued_per_partition: usize,
+}
+
+fn default_max_in_flight_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
+fn default_max_queued_per_partition() -> usize {
+    2
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            max_in_flight_bytes: default_max_in_flight_bytes(),
+            max_queued_per_partition: default_max_queued_per_partition(),
+        }
     }
 }
 
@@ -214,6 +260,12 @@ impl ArchiveConfig {
     /// Checks what types cannot.
     pub fn validate(&self) -> Result<(), String> {
         self.rolling.validate()?;
+        if self.uploads.max_in_flight_bytes == 0 {
+            return Err("archive.uploads.max_in_flight_bytes must be at least 1".into());
+        }
+        if self.uploads.max_queued_per_partition == 0 {
+            return Err("archive.uploads.max_queued_per_partition must be at least 1".into());
+        }
         if self.retry.max_attempts == 0 {
             return Err("archive.retry.max_attempts must be at least 1".into());
         }

@@ -81,7 +81,7 @@ pub mod schema;
 pub mod store;
 pub mod writer;
 
-pub use config::{ArchiveConfig, RetryPolicy, RollingPolicy};
+pub use config::{ArchiveConfig, RetryPolicy, RollingPolicy, UploadLimits};
 pub use schema::Table;
 pub use store::{LocalStore, Store, StoreError};
 pub use writer::{ArchiveError, ArchiveWriter, CheckpointRange, SourceKey};

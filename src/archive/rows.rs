@@ -464,6 +464,30 @@ impl InboundRows {
     }
 }
 
+/// A dead letter as the archive sink reads it back from the dead-letter
+/// topic: the column values, borrowed from the record and its headers.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadLetterParts<'a> {
+    /// `record_id`.
+    pub record_id: &'a str,
+    /// `reason` (the code).
+    pub reason: &'a str,
+    /// `field`.
+    pub field: Option<&'a str>,
+    /// `detail`.
+    pub detail: &'a str,
+    /// `payload`.
+    pub payload: &'a [u8],
+    /// `inner_payload`.
+    pub inner_payload: Option<&'a [u8]>,
+    /// `record_timestamp`.
+    pub record_timestamp_ms: Option<i64>,
+    /// The source position.
+    pub provenance: &'a Provenance,
+    /// `envelopes`.
+    pub envelopes: &'a [&'a str],
+}
+
 /// Rows of `dead_letters`.
 pub struct DeadLetterRows {
     record_id: StringBuilder,
@@ -521,6 +545,28 @@ impl DeadLetterRows {
             + detail.len()
             + d.payload.len()
             + d.inner_payload.as_ref().map_or(0, Vec::len)
+            + 8
+            + prov
+    }
+
+    /// Appends a dead letter from its column values (the archive sink);
+    /// returns an estimate of the bytes it adds.
+    pub fn append_parts(&mut self, d: &DeadLetterParts<'_>, processed_at_ms: i64) -> usize {
+        self.record_id.append_value(d.record_id);
+        self.reason.append_value(d.reason);
+        self.field.append_option(d.field);
+        self.detail.append_value(d.detail);
+        self.payload.append_value(d.payload);
+        self.inner_payload.append_option(d.inner_payload);
+        self.record_timestamp.append_option(d.record_timestamp_ms);
+        let prov = self.prov.append(d.provenance, d.envelopes, processed_at_ms);
+        self.rows += 1;
+        d.record_id.len()
+            + d.reason.len()
+            + d.field.map_or(0, str::len)
+            + d.detail.len()
+            + d.payload.len()
+            + d.inner_payload.map_or(0, <[u8]>::len)
             + 8
             + prov
     }

@@ -37,7 +37,7 @@ use crate::model::{Channel, Provenance};
 
 use super::config::{RetryPolicy, RollingPolicy};
 use super::naming;
-use super::rows::Rows;
+use super::rows::{DeadLetterParts, Rows};
 use super::schema::{Kind, Table, MAP_ENTRIES, MAP_KEY, MAP_VALUE};
 use super::store::{Store, StoreError};
 
@@ -176,6 +176,17 @@ pub struct CheckpointRange {
     pub rows: u64,
     /// Bytes written.
     pub bytes: u64,
+}
+
+/// A finished Parquet file, not yet uploaded.
+#[derive(Clone, Debug)]
+pub struct SealedFile {
+    /// Object key (`<dir>/<name>.parquet`).
+    pub key: String,
+    /// The file.
+    pub bytes: Bytes,
+    /// Rows in it.
+    pub rows: u64,
 }
 
 /// Running totals of a writer.
@@ -539,6 +550,46 @@ impl ArchiveWriter {
             Rows::DeadLetters(b) => b.append(d, record_timestamp_ms, processed_at_ms),
             _ => 0,
         })
+    }
+
+    /// Appends a dead letter read back from the dead-letter topic (the
+    /// archive sink), cut by the position `at` it was consumed from and
+    /// partitioned by the UTC date of its record timestamp (1970-01-01 when
+    /// it has none, as the stages that archived it did).
+    pub fn append_dead_letter_parts_at(
+        &mut self,
+        d: &DeadLetterParts<'_>,
+        at: &Provenance,
+        processed_at_ms: i64,
+    ) -> Result<(), ArchiveError> {
+        let date = d.record_timestamp_ms.unwrap_or(0);
+        let file = FileKey::new(Table::DeadLetters, date, None);
+        self.append_row(file, at, |r| match r {
+            Rows::DeadLetters(b) => b.append_parts(d, processed_at_ms),
+            _ => 0,
+        })
+    }
+
+    /// Seals the open files of `key` at `end` ([`seal_source`](Self::seal_source))
+    /// and hands them out instead of queueing them: the archive sink uploads
+    /// them itself, off its loop. Empty when `key` has no rows.
+    pub fn seal_and_take(
+        &mut self,
+        key: &SourceKey,
+        end: i64,
+    ) -> Result<Vec<SealedFile>, ArchiveError> {
+        if self.seal_source(key, Some(end))?.is_none() {
+            return Ok(Vec::new());
+        }
+        let files = self
+            .sources
+            .remove(key)
+            .map(|s| s.finished)
+            .unwrap_or_default();
+        Ok(files
+            .into_iter()
+            .map(|(key, bytes, rows)| SealedFile { key, bytes, rows })
+            .collect())
     }
 
     /// Drops every row of `key` not yet uploaded (the Kafka runtime lost the

@@ -10,30 +10,22 @@ use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::produce::{send, DeliveryContext};
-use super::restore::try_replay_range;
 use super::retry::in_place;
 use super::stage::{kafka, Logic, LoopState, StageContext, CALL_TIMEOUT};
 use super::{RuntimeError, Shared};
-use crate::archive::writer::{ArchiveWriter, SourceKey};
 use crate::kafka::ClientError;
 
 /// How many times a stage rewinds after an abortable error without a commit
 /// in between before it restarts instead.
 pub const MAX_REWINDS: u32 = 5;
 
-/// Committed-offset metadata: `smsvoice.archived=<offset>`, the offset below
-/// which the archive files of the partition are known to be uploaded.
-pub const ARCHIVED_META: &str = "smsvoice.archived=";
-
 /// A partition's committed position: the next offset to read (`None`:
-/// nothing committed) and, from its metadata, the offset below which its
-/// archive files are uploaded (`None`: not recorded).
+/// nothing committed).
 #[derive(Clone, Debug)]
 pub(super) struct Committed {
     pub(super) topic: String,
     pub(super) partition: i32,
     pub(super) offset: Option<i64>,
-    pub(super) archived: Option<i64>,
 }
 
 /// The committed position of each of `parts` (retried in place).
@@ -64,25 +56,13 @@ pub(super) fn committed_offsets(
                 topic: e.topic().to_owned(),
                 partition: e.partition(),
                 offset,
-                archived: e
-                    .metadata()
-                    .strip_prefix(ARCHIVED_META)
-                    .and_then(|v| v.parse().ok()),
             }
         })
         .collect())
 }
 
 /// Takes ownership of a partition whose next offset is `c.offset`: the
-/// stage restores its state, the loop expects that offset next. When the
-/// archive files of the last committed range may not have been uploaded
-/// (`c.archived` below the committed offset: the previous owner stopped
-/// between its commit and its upload), the state is restored up to
-/// `c.archived` only, and the records from there to the committed offset
-/// are processed again with their outputs discarded: that rebuilds the
-/// rest of the state and exactly the archive rows of that range, which are
-/// then sealed at the committed offset and uploaded (the same objects the
-/// previous owner wrote or would have written).
+/// stage restores its state, the loop expects that offset next.
 pub(super) fn take<L: Logic>(
     shared: &Shared,
     logic: &mut L,
@@ -93,27 +73,17 @@ pub(super) fn take<L: Logic>(
         topic,
         partition,
         offset: committed,
-        archived,
     } = c;
-    let archiving = shared.store.is_some() && logic.archive().is_some();
-    match (committed, archived) {
-        (Some(end), Some(from)) if archiving && from < end => {
-            logic.assign(shared, &topic, partition, Some(from))?;
-            rearchive(shared, logic, &topic, partition, from, end)?;
-        }
-        _ => logic.assign(shared, &topic, partition, committed)?,
-    }
+    logic.assign(shared, &topic, partition, committed)?;
     let key = (topic, partition);
     s.gaps.remove(&key);
     s.last_expected.remove(&key);
     match committed {
         Some(o) => {
             s.expected.insert(key.clone(), o);
-            s.archived.insert(key.clone(), o);
         }
         None => {
             s.expected.remove(&key);
-            s.archived.remove(&key);
         }
     };
     s.owned.insert(key, committed);
@@ -138,45 +108,6 @@ pub(super) fn take_retrying<L: Logic>(
         first = false;
         take(shared, logic, s, c.clone())
     })
-}
-
-/// Processes `topic`/`partition` from `from` to `end` again, outputs
-/// discarded, and uploads the archive rows of that range (see [`take`]).
-pub(super) fn rearchive<L: Logic>(
-    shared: &Shared,
-    logic: &mut L,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    end: i64,
-) -> Result<(), RuntimeError> {
-    let mut discard = Vec::new();
-    let n = try_replay_range(shared, topic, partition, Some(from), Some(end), |rec| {
-        let r = logic.process(shared, rec, &mut discard);
-        discard.clear();
-        r
-    })?;
-    let key = SourceKey {
-        source: std::sync::Arc::from(topic),
-        partition: Some(partition),
-    };
-    let stage = logic.name();
-    if let (Some(w), Some(store)) = (logic.archive(), shared.store.as_ref()) {
-        w.seal_source(&key, Some(end))
-            .map_err(RuntimeError::Archive)?;
-        upload(shared, stage, w, store)?;
-    }
-    shared.metrics.rearchived.fetch_add(n, Ordering::Relaxed);
-    tracing::info!(
-        stage = logic.name(),
-        topic,
-        partition,
-        from,
-        end,
-        records = n,
-        "archive range of the last commit written again"
-    );
-    Ok(())
 }
 
 /// Aborts the open transaction (if any) and rewinds every owned partition to
@@ -225,10 +156,11 @@ pub(super) fn rewind<L: Logic>(
     Ok(())
 }
 
-/// A commit point: makes the outputs durable, commits the offsets (one
-/// transaction with the outputs in exactly-once mode), then uploads the
-/// archive files sealed here. Every broker call and the upload are retried
-/// in place ([`in_place`]). In at-least-once mode an offset commit refused
+/// A commit point: makes the outputs durable, then commits the offsets (one
+/// transaction with the outputs in exactly-once mode). Every broker call is
+/// retried in place ([`in_place`]). The archive is written by its own stage
+/// from the output topics ([`super::archive_sink`]), so no upload happens
+/// here. In at-least-once mode an offset commit refused
 /// because the group is rebalancing is left for the next commit point (the
 /// outputs are durable; the offsets of partitions still owned after the
 /// rebalance are committed then, those of revoked ones are dropped by the
@@ -250,27 +182,12 @@ pub(super) fn commit<L: Logic>(
     for o in coalesced {
         send(shared, consumer, producer, o)?;
     }
-    let archiving = shared.store.is_some() && logic.archive().is_some();
     let mut tpl = TopicPartitionList::new();
     for ((t, p), o) in &s.next {
         let mut e = tpl.add_partition(t, *p);
         e.set_offset(Offset::Offset(*o))
             .map_err(|e| kafka("commit", e))?;
-        if archiving {
-            let below = s.archived.get(&(t.clone(), *p)).copied().unwrap_or(*o);
-            e.set_metadata(format!("{ARCHIVED_META}{below}"));
-        }
     }
-    // The archive files of what was read are sealed and uploaded only after
-    // the offsets are committed, each offset carrying the point below which
-    // the archive is known to be uploaded. A zombie (an instance frozen until
-    // the group and the transaction coordinator replaced it) fails to commit
-    // and so never uploads files that would replace its successor's; a crash
-    // between commit and upload is repaired by the next owner, which writes
-    // that range again ([`take`]). Sealing after the commit (nothing is
-    // appended in between) keeps one sealed range per committed range: a
-    // commit left for the next commit point leaves its files open, so the
-    // range a new owner rewrites is always cut as the original was.
     if shared.kafka.exactly_once {
         let meta = consumer
             .group_metadata()
@@ -325,31 +242,8 @@ pub(super) fn commit<L: Logic>(
         }
     }
     s.rewinds = 0;
-    if let (Some(w), Some(store)) = (logic.archive(), shared.store.as_ref()) {
-        w.seal_all().map_err(RuntimeError::Archive)?;
-        upload(shared, stage, w, store)?;
-        for (key, o) in &s.next {
-            s.archived.insert(key.clone(), *o);
-        }
-    }
     s.next.clear();
     s.reads = 0;
     shared.metrics.commits.fetch_add(1, Ordering::Relaxed);
     Ok(())
-}
-
-/// Uploads the sealed archive files of `w` (retried in place: the files not
-/// uploaded stay queued, so a retry resumes where the last one stopped).
-pub(super) fn upload(
-    shared: &Shared,
-    stage: &str,
-    w: &mut ArchiveWriter,
-    store: &crate::archive::Store,
-) -> Result<(), RuntimeError> {
-    in_place(shared, stage, "upload archive files", || {
-        shared
-            .io
-            .block_on(w.upload_sealed(store))
-            .map_err(RuntimeError::Archive)
-    })
 }

@@ -11,19 +11,18 @@
 //! partial totals on `spend-partials` (the latest value per key at each
 //! commit point: they are absolute; key `month|channel|p`, partition
 //! chosen by `month|channel` so one totals owner sees every partial of a
-//! key), dead letters. The archive's delivery-event files are cut by this
-//! partition and offset.
+//! key), dead letters. The archive sink archives the enriched events and
+//! dead letters from their topics.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::formats::Format;
-use super::records::{dead_letter, partition_of, OutRecord};
+use super::records::{dead_letter, enriched_event, partition_of, At, OutRecord};
 use super::restore::replay_values;
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
-use crate::archive::writer::{now_ms, ArchiveWriter};
 use crate::kafka::admin::{EVENTS_BY_MESSAGE, SPEND_PARTIALS};
 use crate::model::{Channel, Provenance};
 use crate::spend::MonthKey;
@@ -80,7 +79,6 @@ pub struct MessageStage {
     /// and the record is built once, at the commit point.
     pending: BTreeMap<(i32, MonthKey, Channel), PartialTotal>,
     out: OwnerOutputs,
-    archive: Option<ArchiveWriter>,
 }
 
 impl MessageStage {
@@ -98,10 +96,6 @@ impl MessageStage {
             owners: HashMap::new(),
             pending: BTreeMap::new(),
             out: OwnerOutputs::default(),
-            archive: shared
-                .store
-                .as_ref()
-                .map(|_| ArchiveWriter::new(shared.cfg.archive.rolling, shared.cfg.archive.retry)),
         }
     }
 
@@ -143,7 +137,6 @@ impl Logic for MessageStage {
     fn revoke(&mut self, _: &str, partition: i32) {
         self.owners.remove(&partition);
         self.pending.retain(|(p, _, _), _| *p != partition);
-        ArchiveWriter::discard_partition(&mut self.archive, self.topic_arc.clone(), partition);
     }
 
     fn process(
@@ -166,34 +159,29 @@ impl Logic for MessageStage {
         }
         let m = &shared.metrics;
         m.events.fetch_add(1, Ordering::Relaxed);
-        let processed_at = now_ms();
-        for e in &self.out.events {
-            out.push(OutRecord::keyed(
+        let here = |n: usize| At {
+            topic: &self.topic,
+            partition: rec.partition,
+            offset: rec.offset,
+            n: u32::try_from(n).unwrap_or(u32::MAX),
+        };
+        for (i, e) in self.out.events.iter().enumerate() {
+            out.push(enriched_event(
                 &self.enriched_topic,
-                e.event.message_id.as_bytes(),
+                &e.event.message_id,
                 e.json.clone(),
+                here(i),
+                &e.envelopes,
             ));
-            if let Some(a) = self.archive.as_mut() {
-                a.append_event_at(e, &at, processed_at)
-                    .map_err(RuntimeError::Archive)?;
-            }
         }
         for p in &self.out.partials {
             self.pending.insert((p.partition, p.month, p.channel), *p);
         }
-        for d in &self.out.dead_letters {
+        for (i, d) in self.out.dead_letters.iter().enumerate() {
             m.dead_letters.fetch_add(1, Ordering::Relaxed);
-            out.push(dead_letter(&self.dead_topic, d, rec.timestamp_ms));
-            if let Some(a) = self.archive.as_mut() {
-                a.append_dead_letter_at(d, &at, rec.timestamp_ms, 0, processed_at)
-                    .map_err(RuntimeError::Archive)?;
-            }
+            out.push(dead_letter(&self.dead_topic, d, rec.timestamp_ms, here(i)));
         }
         Ok(())
-    }
-
-    fn archive(&mut self) -> Option<&mut ArchiveWriter> {
-        self.archive.as_mut()
     }
 
     fn before_commit(&mut self, _: &Shared, out: &mut Vec<OutRecord>) {

@@ -1,7 +1,7 @@
 //! The Kafka runtime (`smsvoice run`): the pure [`crate::stages`] wired to
 //! Kafka with rdkafka.
 //!
-//! Every instance runs the same five loops, each on its own thread:
+//! Every instance runs the same loops, each on its own thread:
 //!
 //! | loop | consumes (group) | produces |
 //! |---|---|---|
@@ -9,11 +9,14 @@
 //! | [`message_owner`] | `events-by-message` (`<group>.messages`) | enriched events, `spend-partials` |
 //! | [`optout_owner`] | `inbound-by-number` (`<group>.optouts`) | enriched inbound, opt-out changelog, replies |
 //! | [`totals`] | `spend-partials` (`<group>.totals`) | spend changelog, alarms |
+//! | [`archive_sink`] | enriched events, enriched inbound, dead letters (`<group>.archive`) | the Parquet archive (when `[archive] uri` is set) |
 //! | [`view`] | opt-out changelog + `spend-partials`, all partitions, no group | (the local [`crate::stages::view::View`]) |
 //!
-//! [`stage`] holds what the four consuming loops share: consume, process,
-//! produce, then at each commit point upload the archive and commit offsets
-//! (with the outputs in one transaction when `exactly_once`). State is
+//! [`stage`] holds what the four processing loops share: consume, process,
+//! produce, then at each commit point commit offsets (with the outputs in
+//! one transaction when `exactly_once`). The archive sink has a loop of its
+//! own: it cuts files by its rolling policy and commits only what is
+//! uploaded. State is
 //! rebuilt from Kafka on assignment ([`restore`]); nothing is kept on local
 //! disk. The delivery guarantee of each output is written down in the
 //! README's design section and in `docs/kafka-runtime-design.md`.
@@ -32,6 +35,7 @@
 //! records), and the instance then stops ([`RuntimeError::Fatal`]) instead
 //! of retrying forever.
 
+pub mod archive_sink;
 pub mod commit;
 pub mod formats;
 pub mod gaps;
@@ -226,9 +230,19 @@ pub struct Metrics {
     /// Partitions re-read after the broker delivered an offset beyond the
     /// expected one (see `gaps::in_sequence`).
     pub refetches: AtomicU64,
-    /// Records processed again to rewrite the archive range of a commit
-    /// whose upload may not have happened (see `commit::take`).
-    pub rearchived: AtomicU64,
+    /// Records read by the archive sink.
+    pub archive_records: AtomicU64,
+    /// Rows the archive sink appended.
+    pub archive_rows: AtomicU64,
+    /// Records the archive sink dropped as repeats of an at-least-once
+    /// replay (a stage position at or below one already archived).
+    pub archive_repeats: AtomicU64,
+    /// Records the archive sink could not read (not written by smsvoice).
+    pub archive_skipped: AtomicU64,
+    /// Archive files made durable by the sink.
+    pub archive_files: AtomicU64,
+    /// Their bytes.
+    pub archive_bytes: AtomicU64,
     /// Records read by any stage (a progress signal).
     pub progress: AtomicU64,
     /// The first fatal Kafka error any client of the instance reported
@@ -476,6 +490,10 @@ impl Instance {
                 Box::new(move || stage::run(&s, totals::TotalsStage::new(&s))),
             )?);
         }
+        if shared.store.is_some() {
+            let s = shared.clone();
+            threads.push(spawn("archive", Box::new(move || archive_sink::run(&s)))?);
+        }
         Ok(Instance {
             shared,
             threads,
@@ -653,7 +671,9 @@ fn log_progress(m: &Metrics) {
         restored_records = Metrics::get(&m.restored_records),
         restore_ms = Metrics::get(&m.restore_ms),
         refetches = Metrics::get(&m.refetches),
-        rearchived = Metrics::get(&m.rearchived),
+        archive_rows = Metrics::get(&m.archive_rows),
+        archive_repeats = Metrics::get(&m.archive_repeats),
+        archive_files = Metrics::get(&m.archive_files),
         "progress"
     );
 }

@@ -7,19 +7,19 @@
 //!
 //! Outputs: the enriched inbound message (key customer number), the opt-out
 //! changelog (key `list|number`, full state: a replay rewrites the same
-//! value), replies of self-managed numbers, dead letters. The archive's
-//! inbound files are cut by this partition and offset.
+//! value), replies of self-managed numbers, dead letters. The archive sink
+//! archives the enriched inbound messages and dead letters from their
+//! topics.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::formats::Format;
-use super::records::{dead_letter, OutRecord};
+use super::records::{dead_letter, enriched_inbound, At, OutRecord};
 use super::restore::replay_values;
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
-use crate::archive::writer::{now_ms, ArchiveWriter};
 use crate::kafka::admin::INBOUND_BY_NUMBER;
 use crate::model::Provenance;
 use crate::stages::optout_owner::{OptOutOutputs, OptOutOwner};
@@ -30,7 +30,6 @@ pub struct OptOutStage {
     topic_arc: Arc<str>,
     owners: HashMap<i32, OptOutOwner>,
     out: OptOutOutputs,
-    archive: Option<ArchiveWriter>,
 }
 
 impl OptOutStage {
@@ -42,10 +41,6 @@ impl OptOutStage {
             topic,
             owners: HashMap::new(),
             out: OptOutOutputs::default(),
-            archive: shared
-                .store
-                .as_ref()
-                .map(|_| ArchiveWriter::new(shared.cfg.archive.rolling, shared.cfg.archive.retry)),
         }
     }
 }
@@ -84,7 +79,6 @@ impl Logic for OptOutStage {
 
     fn revoke(&mut self, _: &str, partition: i32) {
         self.owners.remove(&partition);
-        ArchiveWriter::discard_partition(&mut self.archive, self.topic_arc.clone(), partition);
     }
 
     fn process(
@@ -107,17 +101,21 @@ impl Logic for OptOutStage {
         let k = &shared.kafka.output_topics;
         let m = &shared.metrics;
         m.inbound.fetch_add(1, Ordering::Relaxed);
-        let processed_at = now_ms();
-        for i in &self.out.inbound {
-            out.push(OutRecord::keyed(
+        let here = |n: usize| At {
+            topic: &self.topic,
+            partition: rec.partition,
+            offset: rec.offset,
+            n: u32::try_from(n).unwrap_or(u32::MAX),
+        };
+        for (n, i) in self.out.inbound.iter().enumerate() {
+            out.push(enriched_inbound(
                 &k.enriched_inbound,
-                i.message.origination_number.as_bytes(),
+                &i.message.origination_number,
                 i.json.clone(),
+                here(n),
+                &i.envelopes,
+                i.message.received_at,
             ));
-            if let Some(a) = self.archive.as_mut() {
-                a.append_inbound_at(i, &at, rec.timestamp_ms.unwrap_or(0), processed_at)
-                    .map_err(RuntimeError::Archive)?;
-            }
         }
         for c in &self.out.changes {
             out.push(
@@ -132,18 +130,10 @@ impl Logic for OptOutStage {
         for r in &self.out.replies {
             out.push(OutRecord::json(&k.replies, r.to.as_bytes(), r));
         }
-        for d in &self.out.dead_letters {
+        for (n, d) in self.out.dead_letters.iter().enumerate() {
             m.dead_letters.fetch_add(1, Ordering::Relaxed);
-            out.push(dead_letter(&k.dead_letters, d, rec.timestamp_ms));
-            if let Some(a) = self.archive.as_mut() {
-                a.append_dead_letter_at(d, &at, rec.timestamp_ms, 0, processed_at)
-                    .map_err(RuntimeError::Archive)?;
-            }
+            out.push(dead_letter(&k.dead_letters, d, rec.timestamp_ms, here(n)));
         }
         Ok(())
-    }
-
-    fn archive(&mut self) -> Option<&mut ArchiveWriter> {
-        self.archive.as_mut()
     }
 }

@@ -10,6 +10,14 @@
 //! | replies | customer number | the reply record |
 //! | dead letters | source `topic:partition:offset` | the original bytes, reason in headers |
 //!
+//! Enriched events, enriched inbound messages and dead letters also carry
+//! what the archive sink ([`super::archive_sink`]) needs to write the same
+//! archive row the payload had when the stage archived it itself: the
+//! envelopes unwrapped, the receive time, the position the stage consumed
+//! the payload at ([`headers::AT`], which makes repeats of an at-least-once
+//! replay recognisable), and for dead letters the inner payload, the source
+//! record's timestamp and the processing time ([`headers`]).
+//!
 //! The records smsvoice reads back itself (opt-out changelog, spend,
 //! spend partials) carry the header `smsvoice.format` with their format
 //! version ([`super::formats`], [`OutRecord::with_format`]).
@@ -83,14 +91,110 @@ pub mod headers {
     pub const SOURCE_SUB: &str = "smsvoice.source.sub";
     /// Deterministic record id (`topic:partition:offset:sub`).
     pub const RECORD_ID: &str = "smsvoice.record-id";
-    /// Envelopes unwrapped before the failure, comma-separated.
+    /// Envelopes unwrapped before the failure (dead letters) or of the
+    /// payload (enriched records), comma-separated, outermost first; empty
+    /// for none.
     pub const ENVELOPES: &str = "smsvoice.envelopes";
+    /// Dead letters: the unwrapped payload that failed inside an envelope
+    /// (raw bytes); absent when the failure is not inside one.
+    pub const INNER_PAYLOAD: &str = "smsvoice.inner-payload";
+    /// Dead letters: the timestamp (epoch ms) of the record that was
+    /// dead-lettered; empty when it had none.
+    pub const SOURCE_TIMESTAMP: &str = "smsvoice.source.timestamp";
+    /// Dead letters: when the stage processed the record (epoch ms).
+    pub const PROCESSED_AT: &str = "smsvoice.processed-at";
+    /// Enriched inbound messages: the receive time (epoch ms; envelope time,
+    /// else the input record's timestamp); empty when unknown.
+    pub const RECEIVED_AT: &str = "smsvoice.received-at";
+    /// Where the stage that wrote the record consumed its payload:
+    /// `topic:partition:offset:n`, `n` counting the records of that
+    /// consumed record written to the same topic, from 0. A stage reads its
+    /// partitions in order, so a replay after a crash repeats positions at
+    /// or below the highest one already written: the archive sink drops
+    /// those repeats.
+    pub const AT: &str = "smsvoice.at";
+}
+
+/// The position a stage consumed a payload at ([`headers::AT`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct At<'a> {
+    /// Topic consumed.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Index among the records written to the same topic for it.
+    pub n: u32,
+}
+
+impl At<'_> {
+    /// The header value `topic:partition:offset:n`.
+    pub fn header(&self) -> (&'static str, Vec<u8>) {
+        (
+            headers::AT,
+            format!(
+                "{}:{}:{}:{}",
+                self.topic, self.partition, self.offset, self.n
+            )
+            .into_bytes(),
+        )
+    }
+}
+
+/// An enriched delivery event: the enriched JSON keyed by messageId, with
+/// the position it was consumed at and its envelopes in headers.
+pub fn enriched_event(
+    topic: &str,
+    message_id: &str,
+    json: Vec<u8>,
+    at: At<'_>,
+    envelopes: &[&str],
+) -> OutRecord {
+    let mut o = OutRecord::keyed(topic, message_id.as_bytes(), json);
+    o.headers = vec![
+        at.header(),
+        (headers::ENVELOPES, envelopes.join(",").into_bytes()),
+    ];
+    o
+}
+
+/// An enriched inbound message: the enriched JSON keyed by the customer
+/// number, with the position it was consumed at, its envelopes and its
+/// receive time in headers.
+pub fn enriched_inbound(
+    topic: &str,
+    customer: &str,
+    json: Vec<u8>,
+    at: At<'_>,
+    envelopes: &[&str],
+    received_at: Option<i64>,
+) -> OutRecord {
+    let mut o = OutRecord::keyed(topic, customer.as_bytes(), json);
+    o.headers = vec![
+        at.header(),
+        (headers::ENVELOPES, envelopes.join(",").into_bytes()),
+        (
+            headers::RECEIVED_AT,
+            received_at
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+                .into_bytes(),
+        ),
+    ];
+    o
 }
 
 /// A dead-letter record: the original bytes as the value, the reason and the
 /// source position in headers (the full JSON description is in the archive
-/// and in file mode's `dead-letters.jsonl`).
-pub fn dead_letter(topic: &str, d: &DeadLetter, timestamp_ms: Option<i64>) -> OutRecord {
+/// and in file mode's `dead-letters.jsonl`). `timestamp_ms` is the timestamp
+/// of the record consumed, `at` where it was consumed.
+pub fn dead_letter(
+    topic: &str,
+    d: &DeadLetter,
+    timestamp_ms: Option<i64>,
+    at: At<'_>,
+) -> OutRecord {
     let p = &d.provenance;
     let mut h: Vec<(&'static str, Vec<u8>)> = vec![
         (headers::REASON, d.reason.code().as_bytes().to_vec()),
@@ -104,9 +208,24 @@ pub fn dead_letter(topic: &str, d: &DeadLetter, timestamp_ms: Option<i64>) -> Ou
         (headers::SOURCE_SUB, p.sub.to_string().into_bytes()),
         (headers::RECORD_ID, p.record_id().into_bytes()),
         (headers::ENVELOPES, d.envelopes.join(",").into_bytes()),
+        (
+            headers::SOURCE_TIMESTAMP,
+            timestamp_ms
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+                .into_bytes(),
+        ),
+        (
+            headers::PROCESSED_AT,
+            crate::archive::writer::now_ms().to_string().into_bytes(),
+        ),
+        at.header(),
     ];
     if let Some(f) = d.reason.field() {
         h.push((headers::FIELD, f.as_bytes().to_vec()));
+    }
+    if let Some(inner) = &d.inner_payload {
+        h.push((headers::INNER_PAYLOAD, inner.clone()));
     }
     OutRecord {
         topic: topic.to_owned(),
@@ -147,7 +266,13 @@ mod tests {
                 sub: 0,
             },
         };
-        let r = dead_letter("dl", &d, Some(5));
+        let at = At {
+            topic: "in",
+            partition: 2,
+            offset: 41,
+            n: 0,
+        };
+        let r = dead_letter("dl", &d, Some(5), at);
         assert_eq!(r.value, vec![0xff, b'{']);
         let h = |k: &str| {
             r.headers
@@ -163,6 +288,9 @@ mod tests {
         assert_eq!(h(headers::SOURCE_PARTITION).as_deref(), Some("2"));
         assert_eq!(h(headers::SOURCE_OFFSET).as_deref(), Some("41"));
         assert_eq!(h(headers::ENVELOPES).as_deref(), Some("sns"));
+        assert_eq!(h(headers::SOURCE_TIMESTAMP).as_deref(), Some("5"));
+        assert_eq!(h(headers::AT).as_deref(), Some("in:2:41:0"));
+        assert!(h(headers::INNER_PAYLOAD).is_none());
         assert_eq!(r.key, b"in:2:41");
         assert_eq!(r.timestamp_ms, Some(5));
     }

@@ -1,14 +1,14 @@
 //! Stage 1 in Kafka: decode input records, forward each payload to its
-//! owner's partition, dead-letter the rest (and archive the dead letters,
-//! cut by input partition and offset). Stateless: nothing to restore.
+//! owner's partition, dead-letter the rest (the archive sink archives the
+//! dead letters from the dead-letter topic). Stateless: nothing to restore.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::records::{dead_letter, OutRecord};
+use super::records::{dead_letter, At, OutRecord};
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
-use crate::archive::writer::{now_ms, ArchiveWriter};
+use crate::archive::writer::now_ms;
 use crate::decode::RecordSource;
 use crate::kafka::admin::{EVENTS_BY_MESSAGE, INBOUND_BY_NUMBER};
 use crate::limits::Limits;
@@ -24,7 +24,6 @@ pub struct Router {
     limits: Limits,
     sources: HashMap<String, Arc<str>>,
     routed: Vec<Routed>,
-    archive: Option<ArchiveWriter>,
     /// Partitions of `events_topic` (each gets every idle marker).
     events_partitions: i32,
     /// Which input partitions to declare idle, and when.
@@ -44,10 +43,6 @@ impl Router {
             limits: Limits::new(&shared.cfg),
             sources: HashMap::new(),
             routed: Vec::new(),
-            archive: shared
-                .store
-                .as_ref()
-                .map(|_| ArchiveWriter::new(shared.cfg.archive.rolling, shared.cfg.archive.retry)),
         }
     }
 
@@ -88,7 +83,6 @@ impl Logic for Router {
 
     fn revoke(&mut self, topic: &str, partition: i32) {
         self.idle.forget(topic, partition);
-        ArchiveWriter::discard_partition(&mut self.archive, Arc::from(topic), partition);
     }
 
     fn process(
@@ -117,6 +111,7 @@ impl Logic for Router {
         let m = &shared.metrics;
         m.router_records
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut dead = 0u32;
         for r in self.routed.drain(..) {
             match r {
                 Routed::Event { message_id, record } => {
@@ -132,19 +127,18 @@ impl Logic for Router {
                 Routed::Dead(d) => {
                     m.dead_letters
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    out.push(dead_letter(&self.dead_topic, &d, rec.timestamp_ms));
-                    if let Some(a) = self.archive.as_mut() {
-                        a.append_dead_letter(&d, rec.timestamp_ms, 0, now_ms())
-                            .map_err(RuntimeError::Archive)?;
-                    }
+                    let at = At {
+                        topic: rec.topic,
+                        partition: rec.partition,
+                        offset: rec.offset,
+                        n: dead,
+                    };
+                    dead += 1;
+                    out.push(dead_letter(&self.dead_topic, &d, rec.timestamp_ms, at));
                 }
             }
         }
         Ok(())
-    }
-
-    fn archive(&mut self) -> Option<&mut ArchiveWriter> {
-        self.archive.as_mut()
     }
 
     /// Sends an idle marker, with the time of the check, to every message

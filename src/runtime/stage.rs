@@ -3,26 +3,25 @@
 //! * **Commit points** every `commit_interval_ms`, or when
 //!   `max_in_flight_records` records were read since the last one, or at
 //!   shutdown. At a commit point the stage (1) makes its outputs durable,
-//!   (2) uploads its archive files ([`Logic::checkpoint`]), (3) commits the
-//!   next offset of every partition it read. In at-least-once mode (1) is a
-//!   producer flush whose every delivery report must be a success, and (3) a
-//!   synchronous offset commit; with `exactly_once` the outputs and the
+//!   (2) commits the next offset of every partition it read. In
+//!   at-least-once mode (1) is a producer flush whose every delivery report
+//!   must be a success, and (2) a synchronous offset commit; with `exactly_once` the outputs and the
 //!   offsets are one Kafka transaction (`send_offsets_to_transaction` with
 //!   the consumer's group metadata, so a fenced zombie cannot commit).
 //! * **Assignment** (cooperative rebalancing): a newly assigned partition is
 //!   handed to [`Logic::assign`] with its committed offset before any of its
 //!   records is processed, so the stage rebuilds that partition's state from
 //!   Kafka. A revoked partition is dropped from the offsets to commit and
-//!   from the logic (its buffered archive rows too): its new owner re-reads
+//!   from the logic: its new owner re-reads
 //!   it from the last commit. In a transaction, a revocation aborts the
 //!   transaction and **rewinds** every partition still owned to its
 //!   committed offset (state rebuilt), so no transaction ever commits
 //!   offsets of a partition this instance no longer owns.
 //! * **Errors**, by class ([`RuntimeError::class`]): bad input never reaches
 //!   here as an error (the logic turns it into dead letters).
-//!   - *Retryable* (broker unavailable, timeouts, throttling, S3 5xx): the
+//!   - *Retryable* (broker unavailable, timeouts, throttling): the
 //!     failed operation (committing offsets, sending offsets to or
-//!     committing the transaction, flushing, uploading the archive, reading
+//!     committing the transaction, flushing, reading
 //!     committed offsets or watermarks, restoring a partition, initialising
 //!     transactions) is retried in place with backoff, keeping the restored
 //!     state ([`retry::in_place`], at most [`retry::IN_PLACE_BUDGET`]); an
@@ -40,7 +39,7 @@
 //!     each failure; it never exits the process for a broker outage.
 //!   - *Fatal* (authentication, TLS, authorization, a fenced producer, a
 //!     fatal librdkafka error, an invalid configuration, an unreadable
-//!     internal record, the archive store refusing this process), seen by a
+//!     internal record), seen by a
 //!     client's context or returned by a call: never retried; the error is
 //!     recorded for the instance, which stops, and `smsvoice run` exits
 //!     non-zero with one line.
@@ -48,8 +47,7 @@
 //!   [`QUEUE_FULL_PAUSE_AFTER`] the consumer's partitions are paused and it is
 //!   polled while waiting, so rebalances, consumer errors and
 //!   `max.poll.interval.ms` are served (paused partitions resume where they
-//!   were). A commit point is forced after `max_in_flight_records` reads,
-//!   which bounds archive buffers too.
+//!   were). A commit point is forced after `max_in_flight_records` reads.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,7 +68,6 @@ use super::produce::{send, DeliveryContext};
 use super::records::OutRecord;
 use super::retry::{self, in_place};
 use super::{RuntimeError, Shared};
-use crate::archive::writer::ArchiveWriter;
 use crate::kafka::client::{ClientWatch, ErrorClass};
 use crate::kafka::{consumer_config, producer_config, ClientError};
 
@@ -138,7 +135,7 @@ pub trait Logic {
         partition: i32,
         committed: Option<i64>,
     ) -> Result<(), RuntimeError>;
-    /// Gives a partition up: drop its state and buffered archive rows.
+    /// Gives a partition up: drop its state.
     fn revoke(&mut self, topic: &str, partition: i32);
     /// Processes one record, pushing what to produce onto `out`.
     fn process(
@@ -147,12 +144,6 @@ pub trait Logic {
         rec: &InRecord<'_>,
         out: &mut Vec<OutRecord>,
     ) -> Result<(), RuntimeError>;
-    /// The stage's archive writer, if it archives. The loop seals its files
-    /// at each commit point and uploads them once the offsets are committed
-    /// (see [`commit`]). Default: none.
-    fn archive(&mut self) -> Option<&mut ArchiveWriter> {
-        None
-    }
     /// Called at each commit point before anything is flushed or committed:
     /// outputs the stage coalesces between commits (e.g. the latest partial
     /// totals) are pushed onto `out`. Default: nothing.
@@ -345,7 +336,6 @@ fn attempt<L: Logic>(shared: &Shared, logic: &mut L) -> Result<(), RuntimeError>
         expected: BTreeMap::new(),
         gaps: BTreeMap::new(),
         last_expected: BTreeMap::new(),
-        archived: BTreeMap::new(),
         rewinds: 0,
         in_events: false,
         poll_errors: PollErrors::default(),
@@ -383,10 +373,6 @@ pub(super) struct LoopState {
     pub(super) gaps: BTreeMap<(String, i32), GapProbe>,
     /// `expected` at the last idle check (see [`probe_stalls`]).
     pub(super) last_expected: BTreeMap<(String, i32), i64>,
-    /// Per owned partition, the offset below which every archive row is
-    /// known to be uploaded (stored with each committed offset as
-    /// [`ARCHIVED_META`]; see [`commit`]).
-    pub(super) archived: BTreeMap<(String, i32), i64>,
     /// Rewinds since the last commit (see [`MAX_REWINDS`]).
     pub(super) rewinds: u32,
     /// True while rebalance events are handled.
@@ -487,10 +473,6 @@ fn step<L: Logic>(
                 for o in out.drain(..) {
                     send(shared, consumer, producer, o)?;
                 }
-                if !s.archived.contains_key(&key) {
-                    // Once per partition and assignment: no key copy per record.
-                    s.archived.insert(key.clone(), m.offset());
-                }
                 s.next.insert(key, m.offset() + 1);
                 s.reads += 1;
                 shared.metrics.progress.fetch_add(1, Ordering::Relaxed);
@@ -557,7 +539,6 @@ fn handle_events<L: Logic>(
                     s.expected.remove(&(t.clone(), *p));
                     s.gaps.remove(&(t.clone(), *p));
                     s.last_expected.remove(&(t.clone(), *p));
-                    s.archived.remove(&(t.clone(), *p));
                     logic.revoke(t, *p);
                 }
                 if s.in_txn {
