@@ -20,6 +20,15 @@
 //! any stage, so every stage's work is inside it (group joins before the
 //! first record are not). Without the broker's jars it says how to install
 //! them and exits successfully.
+//!
+//! After the archived phase it prints the archive's files per table: count,
+//! rows (from the Parquet footers) and sizes, as the archive sink cut them
+//! with the default `[archive.rolling]` (1,000,000 rows, 128 MiB, 10 min).
+//! `E2E_PHASES=archive` runs only that phase (after the bare consumer):
+//!
+//! ```sh
+//! E2E_MESSAGES=480000 E2E_PHASES=archive cargo bench --bench end_to_end   # ~1M records
+//! ```
 
 #[path = "../tests/support/kafka.rs"]
 mod kafka_support;
@@ -74,10 +83,14 @@ fn main() {
     let bare_rate = n as f64 / bare[1];
     println!("bare rdkafka consumer:             {bare_rate:>9.0} records/s (median of 3)");
 
+    let only_archive = std::env::var("E2E_PHASES").is_ok_and(|p| p == "archive");
     for (label, archive) in [
         ("smsvoice run, no archive:", false),
         ("smsvoice run, Parquet archive:", true),
     ] {
+        if only_archive && !archive {
+            continue;
+        }
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let group = if archive {
             "bench-archive"
@@ -118,6 +131,54 @@ fn main() {
             rate / bare_rate,
             Metrics::get(&m.events),
             Metrics::get(&m.partials)
+        );
+        if archive {
+            print_files(&dir.path().join("archive"));
+        }
+    }
+}
+
+/// Files, rows and sizes per archive table.
+fn print_files(root: &std::path::Path) {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|x| x == "parquet") {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    for table in ["delivery_events", "inbound_messages", "dead_letters"] {
+        let mut files = Vec::new();
+        walk(&root.join(table), &mut files);
+        let mut rows: Vec<i64> = Vec::new();
+        let mut bytes: Vec<u64> = Vec::new();
+        for f in &files {
+            let len = std::fs::metadata(f).map_or(0, |m| m.len());
+            let n = std::fs::File::open(f)
+                .ok()
+                .and_then(|h| SerializedFileReader::new(h).ok())
+                .map_or(0, |r| r.metadata().file_metadata().num_rows());
+            rows.push(n);
+            bytes.push(len);
+        }
+        rows.sort_unstable();
+        bytes.sort_unstable();
+        let total_rows: i64 = rows.iter().sum();
+        let total_bytes: u64 = bytes.iter().sum();
+        let max_rows = rows.last().copied().unwrap_or(0);
+        let max_bytes = bytes.last().copied().unwrap_or(0);
+        let median_rows = rows.get(rows.len() / 2).copied().unwrap_or(0);
+        println!(
+            "  archive {table:<17} {:>4} files, {total_rows:>8} rows, {:>8.1} MiB; rows per file: median {median_rows}, max {max_rows}; largest file {:.1} MiB",
+            files.len(),
+            total_bytes as f64 / 1048576.0,
+            max_bytes as f64 / 1048576.0,
         );
     }
 }

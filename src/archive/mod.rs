@@ -36,37 +36,80 @@
 //! ([`writer::ArchiveWriter::checkpoint_source`]) when it ends: all its open
 //! files are encoded and uploaded. A rerun rewrites the same objects.
 //!
-//! **Kafka mode: seal, commit, upload.** At each commit point a stage
-//! *seals* its open files ([`writer::ArchiveWriter::seal_all`]: encoded,
-//! queued), commits its offsets (in its transaction in exactly-once mode),
-//! and only then uploads them ([`writer::ArchiveWriter::upload_sealed`]).
-//! Each committed offset carries the metadata `smsvoice.archived=<offset>`:
-//! the offset below which the partition's files are known to be uploaded
-//! (the previous commit's offset, until an upload completes). Consequences:
+//! **Kafka mode: the archive sink** ([`crate::runtime::archive_sink`]). A
+//! stage of its own (group `<group>.archive`, `read_committed` in
+//! exactly-once mode) reads the enriched-event, enriched-inbound and
+//! dead-letter topics and writes the files the Kafka Connect S3 sink way:
+//! named by the *output* topic partition and the output offset of their
+//! first row; the rows carry the original input position (`recordId`, the
+//! dead-letter headers). Per output partition the records since the last
+//! cut form one *segment*: at most one open file per partition directory,
+//! all cut together, between records only.
 //!
-//! 1. Between two commit points a source partition has at most one file per
-//!    partition directory, starting at the first row of that directory after
-//!    the last committed offset. Files are cut between records only (all
-//!    payloads of one record share its offset and its file).
-//! 2. A zombie (an instance frozen until its group and the transaction
-//!    coordinator replaced it) fails to commit, so it never uploads: it
-//!    cannot replace its successor's file of the same name with a shorter
-//!    one. (Uploading before the commit lost rows that way in the
-//!    exactly-once crash test.)
-//! 3. After a crash between a commit and its upload, the next owner sees
-//!    `archived` below the committed offset: it restores state up to
-//!    `archived`, processes the range up to the committed offset again with
-//!    its outputs discarded, seals it exactly at the committed offset and
-//!    uploads it (`runtime::commit::take`). Those are the objects the crashed
-//!    owner wrote or would have written (same names: first rows; same rows),
-//!    so a partial upload is completed or replaced. Uncommitted ranges are
-//!    reprocessed from the committed offset, and every object a crashed run
-//!    may have uploaded for them is named after a row the replay writes
-//!    again. Hence no duplicate and no missing row.
+//! Where a segment is cut (`[archive.rolling]`), from its start `S`:
 //!
-//! Changing the rolling policy between a crash and its replay may change
-//! where files are cut, but rule 3 still holds: names come from first rows.
+//! * after the record that makes a file reach `max_rows` rows or
+//!   `max_bytes` estimated bytes. Both are functions of the records from
+//!   `S` on: every column value comes from the log (`processed_at` too: the
+//!   enriched record's timestamp, or the dead letter's
+//!   `smsvoice.processed-at` header), so the rows and their encoding are
+//!   the same on every replay with the same build;
+//! * before the first record whose Kafka timestamp is `max_age` or more
+//!   after the segment's first record: timestamps are fixed in the log;
+//! * for a quiet partition, by the wall clock: once the segment's first
+//!   record is `max_age` old, **and only if the partition has been read to
+//!   its high watermark**. A replay from `S` cannot be at the high
+//!   watermark before it has read past the original cut point (which was
+//!   below the high watermark then, and the log only grows), so a replay
+//!   cuts there or later, never earlier;
+//! * at shutdown, after reading every partition to its high watermark.
 //!
+//! The protocol, per output partition, keeps one invariant: **objects exist
+//! for at most one segment beyond the committed offset, and its cut is
+//! recorded.** The committed offset is always the start of the oldest
+//! segment not yet durable. Before any file of a cut segment `[S, E)` is
+//! uploaded, the sink commits offset `S` with the metadata
+//! `smsvoice.archive=1 cut=E ...`; only when every file of it is durable
+//! does it commit `E` (with the cut of the next segment, whose upload then
+//! starts). Uploads run in a task while the loop keeps reading; the next
+//! segment's upload waits for that commit. Hence:
+//!
+//! 1. After a crash, the next owner restarts at `S`. If a cut is recorded,
+//!    it cuts exactly at `E`: every object of `[S, E)` is written again
+//!    under the same name (first row of its directory at or after `S`)
+//!    with the same rows, replacing whatever was there. If none is
+//!    recorded, no object beyond `S` exists, and any cut is safe.
+//! 2. A zombie (an instance that lost the partition without knowing it)
+//!    cannot record a cut: the group rejects its commit. The only upload
+//!    it may still finish is that of a segment whose cut it recorded while
+//!    it owned the partition, which its successor writes again identically
+//!    (rule 1), so neither order of the two writes loses or repeats a row.
+//!    A later segment of the zombie is never uploaded (its cut commit
+//!    fails). The same holds for an upload still running when a rebalance
+//!    moves the partition.
+//! 3. Changing the rolling policy or the build between a crash and its
+//!    replay changes later cuts only: the recorded one is kept.
+//!
+//! **Repeats in at-least-once mode.** The output topics may hold a payload
+//! twice when a stage restarted from its last commit (same `recordId`).
+//! Every output record names where its stage consumed the payload
+//! (`smsvoice.at = topic:partition:offset:n`); a stage reads each partition
+//! in order with an idempotent producer, and commits an input offset only
+//! once the outputs before it are acknowledged, so in each output
+//! partition a repeat is exactly a record whose position is not above the
+//! highest position already seen for that stage partition. The sink drops
+//! those, and keeps the highest positions as of the committed offset in the
+//! offset metadata (`m=<topic>/<p>:<offset>.<n>,...`), so a new owner drops
+//! the same repeats. (Caveat: a record whose delivery failed for good while
+//! later records of the same producer were delivered would be taken for a
+//! repeat when re-sent; librdkafka's idempotent producer fails the records
+//! after a failed one, so this needs a producer epoch bump mid-batch.)
+//!
+//! Memory: the open segments (compressed pages plus up to 8,192 rows per
+//! open file not yet encoded) and the closed files waiting for their upload,
+//! bounded by `[archive.uploads]`: beyond it the partition is paused while
+//! the consumer keeps polling.
+
 //! # Stores
 //!
 //! [`store::Store`]: a local directory (temporary file, fsync, atomic

@@ -409,11 +409,13 @@ impl Part {
     }
 
     /// The commit this partition wants: the durable offset (or the start of
-    /// its first segment) and the end of the segment to upload next.
+    /// its first segment) and the end of the segment to upload next (or the
+    /// cut a previous owner recorded, until it is reached: it stays
+    /// recorded).
     fn desired(&self) -> Option<(i64, Option<i64>)> {
         let head = self.queue.front();
         let offset = self.durable.or(head.map(|h| h.start))?;
-        Some((offset, head.map(|h| h.end)))
+        Some((offset, head.map(|h| h.end).or(self.forced_end)))
     }
 
     fn queued_bytes(&self) -> u64 {
@@ -452,6 +454,9 @@ struct Sink<'s> {
     gen: u64,
     tx: mpsc::Sender<Done>,
     rx: mpsc::Receiver<Done>,
+    /// Shutdown asked: read every partition to its high watermark until
+    /// this deadline, then drain.
+    catching_up: Option<Instant>,
     draining: Option<Instant>,
     last_check: Instant,
     poll_errors: PollErrors,
@@ -519,6 +524,7 @@ fn attempt(shared: &Shared, store: &Arc<Store>) -> Result<(), RuntimeError> {
         gen: 0,
         tx,
         rx,
+        catching_up: None,
         draining: None,
         last_check: Instant::now(),
         poll_errors: PollErrors::default(),
@@ -534,8 +540,20 @@ impl Sink<'_> {
             if self.shared.has_fatal() {
                 return Ok(());
             }
-            if self.shared.stopping() && self.draining.is_none() {
-                self.begin_drain()?;
+            if self.shared.stopping() && self.catching_up.is_none() && self.draining.is_none() {
+                // First read what the stages wrote before they stopped.
+                let grace = Duration::from_millis(self.shared.kafka.shutdown_grace_ms);
+                self.catching_up = Some(Instant::now() + grace.mul_f64(0.4));
+                self.last_check = Instant::now() - IDLE_CHECK;
+            }
+            if let Some(deadline) = self.catching_up {
+                if self.last_check.elapsed() >= IDLE_CHECK {
+                    if Instant::now() >= deadline || self.all_caught_up(consumer) {
+                        self.catching_up = None;
+                        self.begin_drain()?;
+                    }
+                    self.last_check = Instant::now();
+                }
             }
             if let Some(deadline) = self.draining {
                 if self.parts.values().all(Part::settled) {
@@ -557,22 +575,53 @@ impl Sink<'_> {
                     self.poll_errors
                         .check(self.shared, "archive", "consume", e, false)?
                 }
-                Some(Ok(m)) => {
-                    if self.draining.is_none() {
-                        self.on_record(&m)?;
-                    }
-                }
+                Some(Ok(m)) if self.draining.is_none() => self.on_record(&m)?,
+                Some(Ok(_)) => {}
             }
             self.collect()?;
             self.advance(consumer)?;
-            if self.last_check.elapsed() >= IDLE_CHECK {
+            if self.last_check.elapsed() >= IDLE_CHECK
+                && self.draining.is_none()
+                && self.catching_up.is_none()
+            {
                 self.last_check = Instant::now();
-                if self.draining.is_none() {
-                    self.check_quiet(consumer)?;
-                }
+                self.check_quiet(consumer)?;
             }
             self.backpressure(consumer)?;
         }
+    }
+
+    /// True when every owned partition has been read to its high watermark.
+    fn all_caught_up(&self, consumer: &BaseConsumer<StageContext>) -> bool {
+        self.parts.values().all(|p| {
+            self.caught_up(
+                consumer,
+                p,
+                position(consumer, &p.topic, p.partition).or(p.durable),
+            )
+        })
+    }
+
+    /// Whether `part` has been read to its high watermark ([`caught_up`]).
+    /// In exactly-once mode the last offset of a partition is usually a
+    /// transaction marker, which the consumer never hands out: one below
+    /// the high watermark counts as read to it there. (A cut this could
+    /// make earlier on a replay is harmless: a segment's cut is recorded
+    /// before any of its objects exists, and a recorded cut is replayed
+    /// exactly; see the module documentation.)
+    fn caught_up(
+        &self,
+        consumer: &BaseConsumer<StageContext>,
+        part: &Part,
+        position: Option<i64>,
+    ) -> bool {
+        let slack = i64::from(self.shared.kafka.exactly_once && part.last.is_some());
+        caught_up(
+            consumer,
+            &part.topic,
+            part.partition,
+            position.map(|p| p + slack),
+        )
     }
 
     /// Shutdown: cuts every open segment (a forced one not yet reached is
@@ -580,7 +629,7 @@ impl Sink<'_> {
     /// most three quarters of the grace period for the uploads.
     fn begin_drain(&mut self) -> Result<(), RuntimeError> {
         let grace = Duration::from_millis(self.shared.kafka.shutdown_grace_ms);
-        self.draining = Some(Instant::now() + grace.mul_f64(0.75));
+        self.draining = Some(Instant::now() + grace.mul_f64(0.4));
         let keys: Vec<(Arc<str>, i32)> = self.parts.keys().cloned().collect();
         for k in keys {
             let Some(part) = self.parts.get(&k) else {
@@ -588,6 +637,7 @@ impl Sink<'_> {
             };
             match (part.forced_end, part.last, part.open_start) {
                 (Some(_), _, _) => {
+                    // The recorded cut stays committed for the next owner.
                     let key = part.key();
                     self.writer.discard_source(&key);
                     if let Some(p) = self.parts.get_mut(&k) {
@@ -917,16 +967,14 @@ impl Sink<'_> {
         for (k, part) in &self.parts {
             let position = || position(consumer, &part.topic, part.partition);
             match (part.forced_end, part.last, part.open_start) {
-                (Some(end), _, _) => {
-                    if position().is_some_and(|p| p >= end) {
-                        cuts.push((k.clone(), end));
-                    }
+                (Some(end), _, _) if position().is_some_and(|p| p >= end) => {
+                    cuts.push((k.clone(), end));
                 }
                 (None, Some(last), Some(_)) => {
                     let old = part
                         .open_first_ts
                         .is_none_or(|t0| now.saturating_sub(t0) >= age_ms);
-                    if old && caught_up(consumer, &part.topic, part.partition, position()) {
+                    if old && self.caught_up(consumer, part, position()) {
                         cuts.push((k.clone(), last + 1));
                     }
                 }
@@ -1119,19 +1167,17 @@ fn position(consumer: &BaseConsumer<StageContext>, topic: &str, partition: i32) 
 }
 
 /// Whether the partition has been read to its high watermark (one broker
-/// round trip). Any error: no.
+/// round trip): `position` (nothing read yet: the log start) is at it. Any
+/// error: no.
 fn caught_up(
     consumer: &BaseConsumer<StageContext>,
     topic: &str,
     partition: i32,
     position: Option<i64>,
 ) -> bool {
-    let Some(position) = position else {
-        return false;
-    };
     consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(5))
-        .is_ok_and(|(_, high)| position >= high)
+        .is_ok_and(|(low, high)| position.unwrap_or(low) >= high)
 }
 
 /// Uploads `files` in order; a retryable error is retried with the backoff
