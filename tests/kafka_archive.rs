@@ -223,14 +223,17 @@ fn files_roll_by_policy_and_every_row_is_archived_once_after_sigkill() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Kill `a` while its stages are busy with a fresh batch (outputs not
+    // yet committed are written again: repeats for the sink to drop).
     produce_all(
         &bootstrap,
         INPUT,
         INPUT_PARTITIONS,
-        &records[half..half + 2000],
+        &records[half..half + 6000],
     );
+    std::thread::sleep(Duration::from_millis(300));
     a.sigkill();
-    produce_all(&bootstrap, INPUT, INPUT_PARTITIONS, &records[half + 2000..]);
+    produce_all(&bootstrap, INPUT, INPUT_PARTITIONS, &records[half + 6000..]);
     std::thread::sleep(Duration::from_secs(3));
     let mut a = Instance::start(&cfg_path, "a", dir.path());
 

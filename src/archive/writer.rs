@@ -497,9 +497,9 @@ impl ArchiveWriter {
 
     /// [`ArchiveWriter::append_event`], with the file cut by the position
     /// `at` the event was consumed from instead of its original position
-    /// (the Kafka runtime: an owner consumes an internal topic, so the
-    /// archive follows that topic's partitions and offsets; the row still
-    /// carries the original position).
+    /// (the Kafka runtime's archive sink: it consumes the enriched-event
+    /// topic, so the files follow that topic's partitions and offsets; the
+    /// row still carries the original position).
     pub fn append_event_at(
         &mut self,
         e: &EnrichedEvent,
@@ -791,10 +791,9 @@ impl ArchiveWriter {
 
     /// Seals every source partition that has open files: they are encoded
     /// and queued for [`upload_sealed`](Self::upload_sealed); rows appended
-    /// afterwards go to new files. The Kafka runtime seals at a commit point
-    /// and uploads only once the offsets are committed (a zombie, whose
-    /// commit fails, never uploads; a crash between the two is repaired by
-    /// the next owner, which writes the same range again).
+    /// afterwards go to new files. (The Kafka runtime's archive sink uses
+    /// [`seal_and_take`](Self::seal_and_take) instead and uploads off its
+    /// loop.)
     pub fn seal_all(&mut self) -> Result<(), ArchiveError> {
         let keys: Vec<SourceKey> = self.sources.keys().cloned().collect();
         for k in keys {
