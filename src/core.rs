@@ -8,8 +8,8 @@
 
 use crate::decode::{decode_record_with, Accepted, Decoded, RecordSource};
 use crate::enrich::{
-    destination_opted_out, splice, EnrichedEvent, EnrichedInbound, EventEnrichment,
-    InboundEnrichment, OptOutRecord, Outputs, SpendRecord, EVENT_KEYS, INBOUND_KEYS,
+    destination_opted_out, splice, splice_event, EnrichedEvent, EnrichedInbound, EventEnrichment,
+    InboundEnrichment, OptOutRecord, Outputs, SpendRecord, INBOUND_KEYS,
 };
 use crate::limits::Limits;
 use crate::limits::LimitsConfig;
@@ -121,7 +121,7 @@ impl Core {
         match payload {
             Payload::Delivery(event) => {
                 let enrichment = self.delivery(&event, provenance.record_id(), out);
-                let json = splice(&raw, has_enrichment_keys, &EVENT_KEYS, &enrichment);
+                let json = splice_event(&raw, has_enrichment_keys, &enrichment);
                 out.events.push(EnrichedEvent {
                     event,
                     enrichment,

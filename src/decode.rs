@@ -39,6 +39,9 @@ use crate::limits::{Limits, OVERSIZED_PAYLOAD_KEPT};
 use crate::model::{is_e164, DeliveryEvent, InboundMessage, Payload, Provenance};
 use crate::money::{MoneyError, Usd};
 
+mod scan;
+use scan::{Key, Kind, Val};
+
 /// Envelopes are followed this deep (an SNS message inside a Firehose batch is 2).
 pub const MAX_NESTING: usize = 4;
 
@@ -102,65 +105,74 @@ fn is_ws(b: u8) -> bool {
 /// whitespace) and invalid spans. After an invalid span the scan resumes at
 /// the next line, so one bad line of a JSON-lines file costs only that line.
 pub fn split_values(bytes: &[u8]) -> Vec<Segment> {
-    split_probed(bytes, false)
-        .into_iter()
-        .map(|(seg, _)| seg)
-        .collect()
-}
-
-/// [`split_values`], also returning for each object the probe of its kind
-/// fields when `probe` is set: the scan that finds where a value ends reads
-/// those fields on the way, so the hot path reads each object once before its
-/// typed decoding.
-fn split_probed(bytes: &[u8], probe: bool) -> Vec<(Segment, Option<Probe>)> {
     let mut out = Vec::new();
     let mut pos = 0;
-    while pos < bytes.len() {
+    loop {
         while pos < bytes.len() && is_ws(bytes[pos]) {
             pos += 1;
         }
         if pos >= bytes.len() {
             break;
         }
-        if probe && bytes[pos] == b'{' {
-            let mut stream =
-                serde_json::Deserializer::from_slice(&bytes[pos..]).into_iter::<Probe>();
-            if let Some(Ok(p)) = stream.next() {
-                let end = pos + stream.byte_offset();
-                out.push((Segment::Value(pos..end), Some(p)));
-                pos = end;
-                continue;
-            }
+        // Fast path: a value the scanner accepts is one serde accepts, with
+        // the same end (see `scan`).
+        if let Some(end) = scan::scan_value_end(&bytes[pos..], SPLIT_SCAN_DEPTH) {
+            out.push(Segment::Value(pos..pos + end));
+            pos += end;
+            continue;
         }
-        let mut stream =
-            serde_json::Deserializer::from_slice(&bytes[pos..]).into_iter::<IgnoredAny>();
-        match stream.next() {
-            Some(Ok(_)) => {
-                let end = pos + stream.byte_offset();
-                out.push((Segment::Value(pos..end), None));
-                pos = end;
-            }
-            Some(Err(e)) => {
-                let end = bytes[pos..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(bytes.len(), |i| pos + i);
-                let span = &bytes[pos..end];
-                let reason = match std::str::from_utf8(span) {
-                    Err(u) => Reason::InvalidUtf8 {
-                        at: u.valid_up_to(),
-                    },
-                    Ok(_) => Reason::InvalidJson {
-                        detail: e.to_string(),
-                    },
+        match next_segment(bytes, pos, false) {
+            Some((seg, _)) => {
+                pos = match &seg {
+                    Segment::Value(r) | Segment::Invalid(r, _) => r.end,
                 };
-                out.push((Segment::Invalid(pos..end, reason), None));
-                pos = end;
+                out.push(seg);
             }
             None => break,
         }
     }
     out
+}
+
+/// Nesting depth up to which [`split_values`] takes its fast path (deeper
+/// values take serde's, which has no limit when it only skips a value).
+const SPLIT_SCAN_DEPTH: usize = 128;
+
+/// The segment that starts at `pos` (not whitespace), and for an object the
+/// probe of its kind fields when `probe` is set: the scan that finds where
+/// a value ends reads those fields on the way. `None` at the end of input.
+fn next_segment(bytes: &[u8], pos: usize, probe: bool) -> Option<(Segment, Option<Probe>)> {
+    if probe && bytes[pos] == b'{' {
+        let mut stream = serde_json::Deserializer::from_slice(&bytes[pos..]).into_iter::<Probe>();
+        if let Some(Ok(p)) = stream.next() {
+            let end = pos + stream.byte_offset();
+            return Some((Segment::Value(pos..end), Some(p)));
+        }
+    }
+    let mut stream = serde_json::Deserializer::from_slice(&bytes[pos..]).into_iter::<IgnoredAny>();
+    match stream.next() {
+        Some(Ok(_)) => {
+            let end = pos + stream.byte_offset();
+            Some((Segment::Value(pos..end), None))
+        }
+        Some(Err(e)) => {
+            let end = bytes[pos..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |i| pos + i);
+            let span = &bytes[pos..end];
+            let reason = match std::str::from_utf8(span) {
+                Err(u) => Reason::InvalidUtf8 {
+                    at: u.valid_up_to(),
+                },
+                Ok(_) => Reason::InvalidJson {
+                    detail: e.to_string(),
+                },
+            };
+            Some((Segment::Invalid(pos..end, reason), None))
+        }
+        None => None,
+    }
 }
 
 /// Decodes one record into payloads, appending to `out` in input order, with
@@ -388,6 +400,228 @@ impl<'de> Deserialize<'de> for Present {
     }
 }
 
+impl Probe {
+    /// The probe of a scanned object (the same flags serde would set).
+    fn of(s: &scan::Scanned) -> Probe {
+        Probe {
+            event_type: Present(s.has(Key::EventType)),
+            origination_number: Present(s.has(Key::OriginationNumber)),
+            message_body: Present(s.has(Key::MessageBody)),
+            inbound_message_id: Present(s.has(Key::InboundMessageId)),
+            sns_type: Present(s.has(Key::SnsType)),
+            sns_message: Present(s.has(Key::SnsMessage)),
+            detail: Present(s.has(Key::Detail)),
+            records: Present(s.has(Key::Records)),
+        }
+    }
+}
+
+/// What is known of a value before [`Decoder::decode_value`] looks at it.
+enum Pre<'s> {
+    /// Nothing: check and probe it.
+    Nothing,
+    /// Its probe, from the general split.
+    Probe(Probe),
+    /// Its scan (see [`scan`]).
+    Scanned(&'s scan::Scanned),
+}
+
+/// A JSON value deserialized as its raw text (`null` is `None`).
+fn raw_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de str>, D::Error> {
+    Option::<&'de RawValue>::deserialize(d).map(|o| o.map(RawValue::get))
+}
+
+// Typed fields from a scanned object, as serde would deserialize them; the
+// outer `None` means "not the common case": the caller decodes with serde,
+// which gives the result or the exact reason.
+
+/// A `String` field.
+fn req_string(b: &[u8], v: Val) -> Option<String> {
+    match v.kind {
+        // The scan checked the object is UTF-8, so the text between two
+        // ASCII quotes is too.
+        Kind::Str => std::str::from_utf8(v.inner(b)).ok().map(str::to_owned),
+        Kind::EscStr => serde_json::from_slice(v.text(b)).ok(),
+        _ => None,
+    }
+}
+
+/// An `Option<String>` field (`#[serde(default)]`).
+fn opt_string(b: &[u8], v: Val) -> Option<Option<String>> {
+    match v.kind {
+        Kind::Absent | Kind::Null => Some(None),
+        _ => req_string(b, v).map(Some),
+    }
+}
+
+/// An `i64` field.
+fn req_i64(b: &[u8], v: Val) -> Option<i64> {
+    match v.kind {
+        Kind::Int => scan::int_i64(v.text(b)),
+        _ => None,
+    }
+}
+
+/// An `Option<i64>` field.
+fn opt_i64(b: &[u8], v: Val) -> Option<Option<i64>> {
+    match v.kind {
+        Kind::Absent | Kind::Null => Some(None),
+        _ => req_i64(b, v).map(Some),
+    }
+}
+
+/// An `Option<u32>` field.
+fn opt_u32(b: &[u8], v: Val) -> Option<Option<u32>> {
+    match v.kind {
+        Kind::Absent | Kind::Null => Some(None),
+        Kind::Int => scan::int_u32(v.text(b)).map(Some),
+        _ => None,
+    }
+}
+
+/// An `Option<bool>` field.
+fn opt_bool(v: Val) -> Option<Option<bool>> {
+    match v.kind {
+        Kind::Absent | Kind::Null => Some(None),
+        Kind::True => Some(Some(true)),
+        Kind::False => Some(Some(false)),
+        _ => None,
+    }
+}
+
+/// An `Option<&RawValue>` field, as its text.
+fn opt_raw(b: &[u8], v: Val) -> Option<Option<&str>> {
+    match v.kind {
+        Kind::Absent | Kind::Null => Some(None),
+        _ => std::str::from_utf8(v.text(b)).ok().map(Some),
+    }
+}
+
+/// A key of a nested object, unescaped.
+fn key_text(k: &[u8], escaped: bool) -> Option<Cow<'_, str>> {
+    if escaped {
+        let mut quoted = Vec::with_capacity(k.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(k);
+        quoted.push(b'"');
+        serde_json::from_slice::<String>(&quoted)
+            .ok()
+            .map(Cow::Owned)
+    } else {
+        std::str::from_utf8(k).ok().map(Cow::Borrowed)
+    }
+}
+
+/// The `context` field: a map of strings (a repeated key keeps its last
+/// value, as serde's map does).
+fn opt_context(b: &[u8], v: Val) -> Option<Option<BTreeMap<String, String>>> {
+    match v.kind {
+        Kind::Absent | Kind::Null => return Some(None),
+        Kind::Object => {}
+        _ => return None,
+    }
+    let mut members = Vec::new();
+    scan::members(b, v, &mut members)?;
+    let mut map = BTreeMap::new();
+    for (k, escaped, val) in members {
+        let value = req_string(b, val)?;
+        map.insert(key_text(k, escaped)?.into_owned(), value);
+    }
+    Some(Some(map))
+}
+
+/// The `protectConfiguration` field.
+fn opt_protect(b: &[u8], v: Val) -> Option<Option<ProtectConfiguration>> {
+    match v.kind {
+        Kind::Absent | Kind::Null => return Some(None),
+        Kind::Object => {}
+        _ => return None,
+    }
+    let mut members = Vec::new();
+    scan::members(b, v, &mut members)?;
+    let mut id: Option<Val> = None;
+    let mut status: Option<Val> = None;
+    for (k, escaped, val) in members {
+        if escaped {
+            return None;
+        }
+        let slot = match k {
+            b"protectConfigurationId" => &mut id,
+            b"protectStatus" => &mut status,
+            _ => continue,
+        };
+        if slot.replace(val).is_some() {
+            return None;
+        }
+    }
+    Some(Some(ProtectConfiguration {
+        protect_configuration_id: opt_string(b, id.unwrap_or_default())?,
+        protect_status: opt_string(b, status.unwrap_or_default())?,
+    }))
+}
+
+/// The typed fields of a scanned delivery event, when they are the common
+/// case (see [`req_string`]).
+fn raw_event_scanned<'v>(b: &'v [u8], s: &scan::Scanned) -> Option<RawEvent<'v>> {
+    let p = |k: Key| Present(s.has(k));
+    Some(RawEvent {
+        event_type: req_string(b, s.get(Key::EventType))?,
+        event_timestamp: req_i64(b, s.get(Key::EventTimestamp))?,
+        message_id: req_string(b, s.get(Key::MessageId))?,
+        message_request_timestamp: opt_i64(b, s.get(Key::MessageRequestTimestamp))?,
+        event_version: opt_string(b, s.get(Key::EventVersion))?,
+        is_final: opt_bool(s.get(Key::IsFinal))?,
+        origination_phone_number: opt_string(b, s.get(Key::OriginationPhoneNumber))?,
+        destination_phone_number: opt_string(b, s.get(Key::DestinationPhoneNumber))?,
+        iso_country_code: opt_string(b, s.get(Key::IsoCountryCode))?,
+        is_international_send: opt_bool(s.get(Key::IsInternationalSend))?,
+        mcc: opt_string(b, s.get(Key::Mcc))?,
+        mnc: opt_string(b, s.get(Key::Mnc))?,
+        carrier_name: opt_string(b, s.get(Key::CarrierName))?,
+        message_encoding: opt_string(b, s.get(Key::MessageEncoding))?,
+        message_type: opt_string(b, s.get(Key::MessageType))?,
+        message_status: opt_string(b, s.get(Key::MessageStatus))?,
+        message_status_description: opt_string(b, s.get(Key::MessageStatusDescription))?,
+        context: opt_context(b, s.get(Key::Context))?,
+        total_message_parts: opt_u32(b, s.get(Key::TotalMessageParts))?,
+        total_message_price: opt_raw(b, s.get(Key::TotalMessagePrice))?,
+        total_carrier_fee: opt_raw(b, s.get(Key::TotalCarrierFee))?,
+        call_duration_in_seconds: opt_u32(b, s.get(Key::CallDurationInSeconds))?,
+        total_duration_in_minutes: opt_u32(b, s.get(Key::TotalDurationInMinutes))?,
+        content_type: opt_string(b, s.get(Key::ContentType))?,
+        protect_configuration: opt_protect(b, s.get(Key::ProtectConfiguration))?,
+        record_id: p(Key::RecordId),
+        channel: p(Key::Channel),
+        status_class: p(Key::StatusClass),
+        cost_usd: p(Key::CostUsd),
+        spend_month: p(Key::SpendMonth),
+        month_to_date_spend_usd: p(Key::MonthToDateSpendUsd),
+        latency_ms: p(Key::LatencyMs),
+        destination_opted_out: p(Key::DestinationOptedOut),
+        duplicate: p(Key::Duplicate),
+        late_receipt: p(Key::LateReceipt),
+    })
+}
+
+/// The typed fields of a scanned inbound message, when they are the common case.
+fn raw_inbound_scanned(b: &[u8], s: &scan::Scanned) -> Option<RawInbound> {
+    let p = |k: Key| Present(s.has(k));
+    Some(RawInbound {
+        origination_number: req_string(b, s.get(Key::OriginationNumber))?,
+        destination_number: req_string(b, s.get(Key::DestinationNumber))?,
+        message_body: req_string(b, s.get(Key::MessageBody))?,
+        message_keyword: opt_string(b, s.get(Key::MessageKeyword))?,
+        inbound_message_id: opt_string(b, s.get(Key::InboundMessageId))?,
+        previous_published_message_id: opt_string(b, s.get(Key::PreviousPublishedMessageId))?,
+        record_id: p(Key::RecordId),
+        keyword: p(Key::Keyword),
+        action: p(Key::Action),
+        opt_out_list: p(Key::OptOutList),
+        opted_out: p(Key::OptedOut),
+        state_unchanged: p(Key::StateUnchanged),
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ProtectConfiguration {
@@ -435,10 +669,10 @@ struct RawEvent<'a> {
     context: Option<BTreeMap<String, String>>,
     #[serde(default)]
     total_message_parts: Option<u32>,
-    #[serde(borrow, default)]
-    total_message_price: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    total_carrier_fee: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
+    total_message_price: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
+    total_carrier_fee: Option<&'a str>,
     #[serde(default)]
     call_duration_in_seconds: Option<u32>,
     #[serde(default)]
@@ -600,9 +834,8 @@ fn json_kind(first: u8) -> &'static str {
     }
 }
 
-fn money(field: &str, raw: Option<&RawValue>) -> Result<Option<Usd>, Reason> {
-    let Some(raw) = raw else { return Ok(None) };
-    let text = raw.get();
+fn money(field: &str, raw: Option<&str>) -> Result<Option<Usd>, Reason> {
+    let Some(text) = raw else { return Ok(None) };
     match text.as_bytes().first() {
         Some(b'-' | b'0'..=b'9') => {}
         Some(&c) => {
@@ -754,7 +987,15 @@ pub fn decode_delivery_with(
     limits: &Limits,
     bound: TimeBound,
 ) -> Result<(DeliveryEvent, bool), Reason> {
-    let r: RawEvent = parse(bytes)?;
+    finish_delivery(parse(bytes)?, limits, bound)
+}
+
+/// The checks of [`decode_delivery_with`] after the typed decoding.
+fn finish_delivery(
+    r: RawEvent<'_>,
+    limits: &Limits,
+    bound: TimeBound,
+) -> Result<(DeliveryEvent, bool), Reason> {
     let id_max = limits.max_id_bytes;
     check_len("eventType", &r.event_type, id_max, "max_id_bytes")?;
     check_len("messageId", &r.message_id, id_max, "max_id_bytes")?;
@@ -860,7 +1101,15 @@ pub fn decode_inbound_with(
     received_at: Option<i64>,
     limits: &Limits,
 ) -> Result<(InboundMessage, bool), Reason> {
-    let r: RawInbound = parse(bytes)?;
+    finish_inbound(parse(bytes)?, received_at, limits)
+}
+
+/// The checks of [`decode_inbound_with`] after the typed decoding.
+fn finish_inbound(
+    r: RawInbound,
+    received_at: Option<i64>,
+    limits: &Limits,
+) -> Result<(InboundMessage, bool), Reason> {
     let id_max = limits.max_id_bytes;
     check_len(
         "originationNumber",
@@ -957,9 +1206,41 @@ impl<'a> Decoder<'a, '_> {
     /// `buf` is a slice of the record starting at `base`, or an unwrapped
     /// payload (base None).
     fn split_and_decode(&mut self, buf: &[u8], base: Option<usize>, ctx: &Ctx) {
-        for (seg, probe) in split_probed(buf, true) {
+        let mut pos = 0;
+        loop {
+            while pos < buf.len() && is_ws(buf[pos]) {
+                pos += 1;
+            }
+            if pos >= buf.len() {
+                break;
+            }
+            // Fast path: one scan finds the end, checks the syntax, the
+            // depth limit and UTF-8, and locates the fields (see `scan`). An
+            // object it accepts is one the general path below accepts with
+            // the same end, depth and probe.
+            if buf[pos] == b'{' {
+                if let Some(scanned) = scan::scan_object(&buf[pos..], self.limits.max_json_depth) {
+                    let r = pos..pos + scanned.end;
+                    let mut c = ctx.clone();
+                    if let (Some(b), None) = (base, &ctx.top) {
+                        c.top = Some(b + r.start..b + r.end);
+                    }
+                    pos = r.end;
+                    self.decode_value(
+                        &buf[r.clone()],
+                        base.map(|b| b + r.start),
+                        &c,
+                        Pre::Scanned(&scanned),
+                    );
+                    continue;
+                }
+            }
+            let Some((seg, probe)) = next_segment(buf, pos, true) else {
+                break;
+            };
             match seg {
                 Segment::Value(r) => {
+                    pos = r.end;
                     if json_too_deep(&buf[r.clone()], self.limits.max_json_depth) {
                         let reason = Reason::JsonTooDeep {
                             max: self.limits.max_json_depth,
@@ -976,9 +1257,14 @@ impl<'a> Decoder<'a, '_> {
                     if let (Some(b), None) = (base, &ctx.top) {
                         c.top = Some(b + r.start..b + r.end);
                     }
-                    self.decode_value(&buf[r.clone()], base.map(|b| b + r.start), &c, probe);
+                    let pre = match probe {
+                        Some(p) => Pre::Probe(p),
+                        None => Pre::Nothing,
+                    };
+                    self.decode_value(&buf[r.clone()], base.map(|b| b + r.start), &c, pre);
                 }
                 Segment::Invalid(r, reason) => {
+                    pos = r.end;
                     let (top, inner) = match (&ctx.top, base) {
                         (Some(t), _) => (t.clone(), Some(&buf[r])),
                         (None, Some(b)) => (b + r.start..b + r.end, None),
@@ -1004,27 +1290,35 @@ impl<'a> Decoder<'a, '_> {
     }
 
     /// `value` is one syntactically valid JSON value.
-    fn decode_value(&mut self, value: &[u8], base: Option<usize>, ctx: &Ctx, probe: Option<Probe>) {
+    fn decode_value(&mut self, value: &[u8], base: Option<usize>, ctx: &Ctx, pre: Pre<'_>) {
         if ctx.depth > MAX_NESTING {
             return self.fail(Reason::NestingTooDeep { max: MAX_NESTING }, value, ctx);
         }
-        if let Err(e) = std::str::from_utf8(value) {
-            let at = e.valid_up_to();
-            return self.fail(Reason::InvalidUtf8 { at }, value, ctx);
+        // A scanned object is valid UTF-8 and starts with '{' (see `scan`).
+        let scanned = match pre {
+            Pre::Scanned(s) => Some(s),
+            _ => None,
+        };
+        if scanned.is_none() {
+            if let Err(e) = std::str::from_utf8(value) {
+                let at = e.valid_up_to();
+                return self.fail(Reason::InvalidUtf8 { at }, value, ctx);
+            }
+            let first = value.first().copied().unwrap_or(b' ');
+            if first != b'{' {
+                return self.fail(
+                    Reason::NotAnObject {
+                        found: json_kind(first),
+                    },
+                    value,
+                    ctx,
+                );
+            }
         }
-        let first = value.first().copied().unwrap_or(b' ');
-        if first != b'{' {
-            return self.fail(
-                Reason::NotAnObject {
-                    found: json_kind(first),
-                },
-                value,
-                ctx,
-            );
-        }
-        let probe = match probe {
-            Some(p) => p,
-            None => match parse(value) {
+        let probe = match pre {
+            Pre::Probe(p) => p,
+            Pre::Scanned(s) => Probe::of(s),
+            Pre::Nothing => match parse(value) {
                 Ok(p) => p,
                 Err(reason) => return self.fail(reason, value, ctx),
             },
@@ -1034,7 +1328,11 @@ impl<'a> Decoder<'a, '_> {
             None => Cow::Owned(value.to_vec()),
         };
         if probe.event_type.0 {
-            match decode_delivery_with(value, self.limits, self.bound) {
+            let decoded = match scanned.and_then(|s| raw_event_scanned(value, s)) {
+                Some(r) => finish_delivery(r, self.limits, self.bound),
+                None => decode_delivery_with(value, self.limits, self.bound),
+            };
+            match decoded {
                 Ok((ev, collides)) => {
                     let provenance = self.provenance();
                     let raw = raw(self);
@@ -1049,7 +1347,11 @@ impl<'a> Decoder<'a, '_> {
                 Err(reason) => self.fail(reason, value, ctx),
             }
         } else if probe.origination_number.0 || probe.message_body.0 || probe.inbound_message_id.0 {
-            match decode_inbound_with(value, ctx.received_at, self.limits) {
+            let decoded = match scanned.and_then(|s| raw_inbound_scanned(value, s)) {
+                Some(r) => finish_inbound(r, ctx.received_at, self.limits),
+                None => decode_inbound_with(value, ctx.received_at, self.limits),
+            };
+            match decoded {
                 Ok((msg, collides)) => {
                     let provenance = self.provenance();
                     let raw = raw(self);
@@ -1064,9 +1366,9 @@ impl<'a> Decoder<'a, '_> {
                 Err(reason) => self.fail(reason, value, ctx),
             }
         } else if probe.sns_type.0 && probe.sns_message.0 {
-            self.decode_sns(value, ctx);
+            self.decode_sns(value, ctx, scanned);
         } else if probe.detail.0 {
-            self.decode_eventbridge(value, base, ctx);
+            self.decode_eventbridge(value, base, ctx, scanned);
         } else if probe.records.0 {
             self.decode_firehose(value, ctx);
         } else {
@@ -1074,8 +1376,15 @@ impl<'a> Decoder<'a, '_> {
         }
     }
 
-    fn decode_sns(&mut self, value: &[u8], ctx: &Ctx) {
-        let env: SnsEnvelope = match parse(value) {
+    fn decode_sns(&mut self, value: &[u8], ctx: &Ctx, scanned: Option<&scan::Scanned>) {
+        let fast = scanned.and_then(|s| {
+            Some(SnsEnvelope {
+                sns_type: req_string(value, s.get(Key::SnsType))?,
+                message: req_string(value, s.get(Key::SnsMessage))?,
+                timestamp: opt_string(value, s.get(Key::SnsTimestamp))?,
+            })
+        });
+        let env: SnsEnvelope = match fast.map_or_else(|| parse(value), Ok) {
             Ok(e) => e,
             Err(r) => return self.fail(envelope_reason("sns", r), value, ctx),
         };
@@ -1105,12 +1414,27 @@ impl<'a> Decoder<'a, '_> {
         self.split_and_decode(&body, None, &inner);
     }
 
-    fn decode_eventbridge(&mut self, value: &[u8], base: Option<usize>, ctx: &Ctx) {
-        let env: EventBridgeEnvelope = match parse(value) {
-            Ok(e) => e,
-            Err(r) => return self.fail(envelope_reason("eventbridge", r), value, ctx),
+    fn decode_eventbridge(
+        &mut self,
+        value: &[u8],
+        base: Option<usize>,
+        ctx: &Ctx,
+        scanned: Option<&scan::Scanned>,
+    ) {
+        let fast = scanned.and_then(|s| {
+            let d = s.get(Key::Detail);
+            if d.kind == Kind::Absent {
+                return None;
+            }
+            Some((d.text(value), opt_string(value, s.get(Key::Time))?))
+        });
+        let (detail, time) = match fast {
+            Some(f) => f,
+            None => match parse::<EventBridgeEnvelope>(value) {
+                Ok(e) => (e.detail.get().as_bytes(), e.time),
+                Err(r) => return self.fail(envelope_reason("eventbridge", r), value, ctx),
+            },
         };
-        let detail = env.detail.get().as_bytes();
         if detail.first() != Some(&b'{') {
             return self.fail(
                 Reason::InvalidEnvelope {
@@ -1124,14 +1448,22 @@ impl<'a> Decoder<'a, '_> {
                 ctx,
             );
         }
-        let received = match self.envelope_time("time", env.time.as_deref().and_then(rfc3339_ms)) {
+        let received = match self.envelope_time("time", time.as_deref().and_then(rfc3339_ms)) {
             Ok(t) => t,
             Err(r) => return self.fail(r, value, ctx),
         };
         let inner = ctx.inside("eventbridge", received);
         // detail is a sub-slice of value: keep borrowing from the record when we can.
         let offset = detail.as_ptr() as usize - value.as_ptr() as usize;
-        self.decode_value(detail, base.map(|b| b + offset), &inner, None);
+        // The detail of a scanned envelope is valid and within the depth
+        // limit: scanning it again gives its fields (the same verdict as the
+        // general path's probe when it accepts it).
+        match scan::scan_object(detail, self.limits.max_json_depth) {
+            Some(s) if s.end == detail.len() => {
+                self.decode_value(detail, base.map(|b| b + offset), &inner, Pre::Scanned(&s))
+            }
+            _ => self.decode_value(detail, base.map(|b| b + offset), &inner, Pre::Nothing),
+        }
     }
 
     fn decode_firehose(&mut self, value: &[u8], ctx: &Ctx) {

@@ -160,14 +160,54 @@ impl Usd {
     }
 }
 
-impl fmt::Display for Usd {
-    /// Shortest exact decimal: `0.01181`, `80`, `-0.5`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Digits are written right to left into a stack buffer: this runs
-        // for several amounts of every enriched record.
+impl Usd {
+    /// Appends the [`Display`](fmt::Display) text (`0.01181`) to `out`,
+    /// without the formatting machinery (enriched records write several
+    /// amounts each).
+    pub fn write_decimal(self, out: &mut Vec<u8>) {
         let mut buf = [0u8; 48];
+        let pos = self.digits(&mut buf);
+        out.extend_from_slice(&buf[pos..]);
+    }
+
+    /// Writes the shortest exact decimal right-aligned into `buf`; returns
+    /// where it starts.
+    fn digits(self, buf: &mut [u8; 48]) -> usize {
         let mut pos = buf.len();
         let abs = self.0.unsigned_abs();
+        // Common amounts fit 64 bits: no 128-bit division.
+        if let Ok(abs) = u64::try_from(abs) {
+            let scale = Self::SCALE as u64;
+            let mut int = abs / scale;
+            let mut frac = abs % scale;
+            if frac != 0 {
+                let mut width = SCALE_DIGITS;
+                while frac.is_multiple_of(10) {
+                    frac /= 10;
+                    width -= 1;
+                }
+                for _ in 0..width {
+                    pos -= 1;
+                    buf[pos] = b'0' + (frac % 10) as u8;
+                    frac /= 10;
+                }
+                pos -= 1;
+                buf[pos] = b'.';
+            }
+            loop {
+                pos -= 1;
+                buf[pos] = b'0' + (int % 10) as u8;
+                int /= 10;
+                if int == 0 {
+                    break;
+                }
+            }
+            if self.0 < 0 {
+                pos -= 1;
+                buf[pos] = b'-';
+            }
+            return pos;
+        }
         let scale = Self::SCALE as u128;
         let mut int = abs / scale;
         let mut frac = abs % scale;
@@ -197,6 +237,15 @@ impl fmt::Display for Usd {
             pos -= 1;
             buf[pos] = b'-';
         }
+        pos
+    }
+}
+
+impl fmt::Display for Usd {
+    /// Shortest exact decimal: `0.01181`, `80`, `-0.5`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 48];
+        let pos = self.digits(&mut buf);
         // Only ASCII digits, '.' and '-' were written.
         f.write_str(std::str::from_utf8(&buf[pos..]).unwrap_or("?"))
     }
@@ -323,6 +372,31 @@ mod tests {
         }
     }
 
+    /// The shortest decimal written independently (128-bit `format!`).
+    fn reference(units: i128) -> String {
+        let abs = units.unsigned_abs();
+        let scale = Usd::SCALE as u128;
+        let text = format!("{}.{:010}", abs / scale, abs % scale);
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        format!("{}{text}", if units < 0 { "-" } else { "" })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn display_is_the_shortest_exact_decimal(units in proptest::prelude::any::<i128>()) {
+            let u = Usd::from_units(units);
+            proptest::prop_assert_eq!(u.to_string(), reference(units));
+            let mut w = Vec::new();
+            u.write_decimal(&mut w);
+            proptest::prop_assert_eq!(w, reference(units).into_bytes());
+        }
+
+        #[test]
+        fn display_of_small_amounts(units in -100_000_000_000_000i128..100_000_000_000_000) {
+            proptest::prop_assert_eq!(Usd::from_units(units).to_string(), reference(units));
+        }
+    }
+
     #[test]
     fn display_round_trips() {
         for units in [
@@ -334,9 +408,16 @@ mod tests {
             -3,
             123_456_789_012_345,
             i64::MAX as i128,
+            u64::MAX as i128,
+            u64::MAX as i128 + 1,
+            -(u64::MAX as i128) - 5,
+            i128::MAX,
         ] {
             let u = Usd::from_units(units);
             assert_eq!(p(&u.to_string()), u, "{units}");
+            let mut w = Vec::new();
+            u.write_decimal(&mut w);
+            assert_eq!(w, u.to_string().into_bytes());
         }
     }
 }
