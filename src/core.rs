@@ -6,7 +6,9 @@
 //! from files. The shells ([`crate::file_mode`], later Kafka) only move bytes
 //! in and records out.
 
-use crate::decode::{decode_record_with, Accepted, Decoded, RecordSource};
+use crate::decode::{
+    decode_record_with, decode_scanned_record, Accepted, Decoded, RecordSource, ScannedRecord,
+};
 use crate::enrich::{
     destination_opted_out, splice, splice_event, EnrichedEvent, EnrichedInbound, EventEnrichment,
     InboundEnrichment, OptOutRecord, Outputs, SpendRecord, INBOUND_KEYS,
@@ -99,6 +101,30 @@ impl Core {
         self.counters.records += 1;
         let mut decoded: Vec<Decoded<'_>> = Vec::new();
         decode_record_with(bytes, src, &self.limits, arrival_ms, &mut decoded);
+        for d in decoded {
+            match d {
+                Decoded::Accepted(a) => self.accept(*a, out),
+                Decoded::Dead(dl) => {
+                    self.counters.dead_letters += 1;
+                    out.dead_letters.push(*dl);
+                }
+            }
+        }
+    }
+
+    /// [`process_with_arrival`](Self::process_with_arrival) of a record
+    /// that file mode found with one scan, which is reused (the same outputs).
+    pub(crate) fn process_scanned(
+        &mut self,
+        bytes: &[u8],
+        scanned: &ScannedRecord,
+        src: &RecordSource,
+        arrival_ms: Option<i64>,
+        out: &mut Outputs,
+    ) {
+        self.counters.records += 1;
+        let mut decoded: Vec<Decoded<'_>> = Vec::new();
+        decode_scanned_record(bytes, scanned, src, &self.limits, arrival_ms, &mut decoded);
         for d in decoded {
             match d {
                 Decoded::Accepted(a) => self.accept(*a, out),

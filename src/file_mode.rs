@@ -28,7 +28,7 @@ use crate::archive::writer::{ArchiveError, ArchiveWriter, SourceKey, WriterStats
 use crate::archive::{naming, Store, StoreError};
 use crate::config::Config;
 use crate::core::{Core, Counters};
-use crate::decode::{split_values, RecordSource, Segment};
+use crate::decode::{next_record, RecordSource};
 use crate::enrich::{OptOutRecord, Outputs, SpendRecord};
 
 /// The sample payloads bundled into the binary, used when no input is given.
@@ -436,17 +436,24 @@ pub fn run_with_archive(
                 naming::file_tag(&file_name, &input.full_path),
             );
         }
-        for (index, seg) in split_values(&input.bytes).into_iter().enumerate() {
-            let range = match seg {
-                Segment::Value(r) | Segment::Invalid(r, _) => r,
-            };
+        // The records of `split_values`, each found by one scan that its
+        // decoding reuses.
+        let limits = *core.limits();
+        let mut pos = 0;
+        let mut index = 0i64;
+        while let Some((range, scanned)) = next_record(&input.bytes, &mut pos, &limits) {
             let src = RecordSource {
                 source: source.clone(),
                 partition: None,
-                offset: index as i64,
+                offset: index,
                 timestamp_ms: None,
             };
-            core.process_with_arrival(&input.bytes[range], &src, input.arrival_ms(), &mut out);
+            index += 1;
+            let bytes = &input.bytes[range];
+            match &scanned {
+                Some(s) => core.process_scanned(bytes, s, &src, input.arrival_ms(), &mut out),
+                None => core.process_with_arrival(bytes, &src, input.arrival_ms(), &mut out),
+            }
             sink.write(&out)?;
             if let Some(a) = archive.as_mut() {
                 a.writer.append_outputs(&out, &src, input.mtime_ms)?;
