@@ -380,3 +380,69 @@ fn count_files(root: &Path) -> usize {
     walk(root, &mut n);
     n
 }
+
+/// A store that refuses the instance (here: no such bucket) stops
+/// `smsvoice run` with exit code 4 and one line naming the cause, from the
+/// archive sink's upload task (the processing stages do not upload).
+#[test]
+fn a_refusing_store_stops_the_instance_with_exit_code_4() {
+    let broker = KafkaBroker::start();
+    let bootstrap = broker.bootstrap.clone();
+    let s3 = support::s3_server::S3Server::start();
+    rt().block_on(ensure_topics(
+        &KafkaConfig::new(&bootstrap),
+        &[TopicSpec {
+            name: INPUT.into(),
+            partitions: INPUT_PARTITIONS,
+            compacted: false,
+            retain_forever: true,
+        }],
+    ))
+    .expect("create input topic");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg_path = dir.path().join("smsvoice.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "{EMBEDDED_DEFAULT}\n[archive]\nuri = \"s3://missing-bucket/archive\"\n\n\
+             [archive.rolling]\nmax_rows = 10\n\n[archive.s3]\nendpoint_url = {endpoint:?}\n\
+             force_path_style = true\n\n[kafka]\nbootstrap_servers = {bootstrap:?}\n\
+             group_id = \"refused\"\npartitions = 4\ncommit_interval_ms = 500\n\n\
+             [kafka.input_topics]\nevents = [{INPUT:?}]\ninbound = [{INPUT:?}]\n",
+            endpoint = s3.endpoint
+        ),
+    )
+    .expect("config");
+    let g = generate(&Workload {
+        seed: 5,
+        messages: 200,
+        ..Workload::default()
+    });
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
+        g.records.iter().map(|r| (None, r.clone())).collect();
+    let mut a = Instance::start(&cfg_path, "a", dir.path());
+    produce_all(&bootstrap, INPUT, INPUT_PARTITIONS, &records);
+    let mut child = a.child.take().expect("running");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let code = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after 120 s\n{}", a.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = a.log_text();
+    assert_eq!(code, Some(4), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("smsvoice run: fatal: "))
+        .unwrap_or_else(|| panic!("no fatal line\n{log}"));
+    assert!(
+        line.contains("archive") && line.contains("missing-bucket"),
+        "{line}"
+    );
+}
