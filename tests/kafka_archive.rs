@@ -11,7 +11,9 @@
 //!   output partition and the offset of their first row, cut when a file
 //!   reaches 500 rows, the rest cut at shutdown; repeats of the
 //!   at-least-once replay (same `recordId`) archived once, at their first
-//!   occurrence.
+//!   occurrence;
+//! * a store that refuses the instance (an S3 bucket that does not exist,
+//!   on moto) stops it with exit code 4 and one line.
 
 mod support;
 
