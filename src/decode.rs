@@ -579,13 +579,12 @@ fn opt_context(b: &[u8], v: Val) -> Option<Option<BTreeMap<String, String>>> {
         Kind::Object => {}
         _ => return None,
     }
-    let mut members = Vec::new();
-    scan::members(b, v, &mut members)?;
     let mut map = BTreeMap::new();
-    for (k, escaped, val) in members {
+    scan::for_each_member(b, v, |k, escaped, val| {
         let value = req_string(b, val)?;
         map.insert(key_text(k, escaped)?.into_owned(), value);
-    }
+        Some(())
+    })?;
     Some(Some(map))
 }
 
@@ -596,23 +595,22 @@ fn opt_protect(b: &[u8], v: Val) -> Option<Option<ProtectConfiguration>> {
         Kind::Object => {}
         _ => return None,
     }
-    let mut members = Vec::new();
-    scan::members(b, v, &mut members)?;
     let mut id: Option<Val> = None;
     let mut status: Option<Val> = None;
-    for (k, escaped, val) in members {
+    scan::for_each_member(b, v, |k, escaped, val| {
         if escaped {
             return None;
         }
         let slot = match k {
             b"protectConfigurationId" => &mut id,
             b"protectStatus" => &mut status,
-            _ => continue,
+            _ => return Some(()),
         };
-        if slot.replace(val).is_some() {
-            return None;
+        match slot.replace(val) {
+            Some(_) => None,
+            None => Some(()),
         }
-    }
+    })?;
     Some(Some(ProtectConfiguration {
         protect_configuration_id: opt_string(b, id.unwrap_or_default())?,
         protect_status: opt_string(b, status.unwrap_or_default())?,

@@ -647,11 +647,7 @@ pub(crate) fn scan_object(b: &[u8], max_depth: usize) -> Option<Scanned> {
     if s.non_ascii && std::str::from_utf8(&b[..end]).is_err() {
         return None;
     }
-    Some(Scanned {
-        end,
-        present,
-        vals,
-    })
+    Some(Scanned { end, present, vals })
 }
 
 /// Validates the value at the start of `b` like [`scan_object`] (any value
@@ -674,10 +670,14 @@ pub(crate) fn scan_value_end(b: &[u8], max_depth: usize) -> Option<usize> {
     Some(s.i)
 }
 
-/// The members of the object `v` of `b` (scanned already: valid), in order:
-/// `(key, key has escapes, value)`; offsets are those of `b`. `None` when
-/// `v` is not an object.
-pub(crate) fn members<'b>(b: &'b [u8], v: Val, out: &mut Vec<(&'b [u8], bool, Val)>) -> Option<()> {
+/// Calls `f(key, key has escapes, value)` for each member of the object `v`
+/// of `b` (scanned already: valid), in order; offsets are those of `b`.
+/// `None` when `v` is not an object or `f` returned `None`.
+pub(crate) fn for_each_member<'b>(
+    b: &'b [u8],
+    v: Val,
+    mut f: impl FnMut(&'b [u8], bool, Val) -> Option<()>,
+) -> Option<()> {
     if v.kind != Kind::Object {
         return None;
     }
@@ -687,11 +687,16 @@ pub(crate) fn members<'b>(b: &'b [u8], v: Val, out: &mut Vec<(&'b [u8], bool, Va
         non_ascii: false,
         max_depth: usize::MAX,
     };
-    s.object(1, |k, e, val| {
+    s.object(1, |k, e, val| f(k, e, val).ok_or(Bail)).ok()
+}
+
+/// The members of the object `v` of `b`, collected (see [`for_each_member`]).
+#[cfg(test)]
+pub(crate) fn members<'b>(b: &'b [u8], v: Val, out: &mut Vec<(&'b [u8], bool, Val)>) -> Option<()> {
+    for_each_member(b, v, |k, e, val| {
         out.push((k, e, val));
-        Ok(())
+        Some(())
     })
-    .ok()
 }
 
 /// The integer text `t` as an `i64`, when serde_json would deserialize it as
