@@ -1,28 +1,35 @@
-//! State restore of the message owners for 1M tracked messages.
+//! State restore of the message owners for 1M tracked messages, from the
+//! compacted `message-state` changelog.
 //!
 //! ```sh
 //! bash scripts/install-kafka.sh          # once: the broker's jars from Maven Central
 //! cargo bench --bench restore            # RESTORE_MESSAGES=1000000 by default
 //! ```
 //!
-//! Two measurements of the same partitions:
+//! Two histories that end with the same open state (the same `RESTORE_MESSAGES`
+//! messages of the last days, tracked by the ledgers):
 //!
-//! 1. the CPU part, below;
-//! 2. the real restore path through Apache Kafka (one combined broker +
-//!    controller on 127.0.0.1, started by `tests/support/kafka.rs`), when its
-//!    jars are installed (`RESTORE_BROKER=0` skips it): the partitions are
-//!    produced to a fresh topic, then each is restored with
-//!    `runtime::message_owner::restore_owner` (what a message stage does
-//!    when it gains a partition), one after the other, with the runtime's
-//!    default Kafka settings (`reread_offset_gaps` false).
+//! * **1 month**: only those messages;
+//! * **6 months**: 5 months of earlier traffic first (`RESTORE_HISTORY`
+//!   messages, default half of `RESTORE_MESSAGES`), whose months close and
+//!   are sealed, so their entries are tombstoned in the changelog.
 //!
-//! A restoring message owner reads its `events-by-message` partition from
-//! offset 0 to the committed offset and feeds every record to
-//! `MessageOwner::process` with outputs discarded. This bench builds those
-//! partitions in memory exactly as the router does (generated records ->
-//! `stages::router::route` -> forwarded records -> partition by messageId
-//! hash, 4 partitions) and times the replay of all of them on one thread,
-//! as one stage thread restores its partitions one after the other.
+//! For each, 4 message owners (the partitions of `events-by-message`, by
+//! messageId hash, built in memory exactly as the router forwards:
+//! generated records -> `stages::router::route_at` -> forwarded records)
+//! process their records and write their changes at a commit point every
+//! 25,000 records of a partition (`SpendLedger::snapshot_changes`, what
+//! `runtime::message_owner` writes in its commit transaction). The records
+//! go to a compacted topic of Apache Kafka 4.1.1 (one combined broker +
+//! controller on 127.0.0.1, `tests/support/kafka.rs`); then each partition
+//! is restored with `runtime::message_owner::restore_owner` (what a message
+//! stage does when it gains a partition), one after the other on one
+//! thread, as a stage restores. The restore is timed as written (the log
+//! cleaner may not have run yet) and again once the cleaner has compacted
+//! the topic (polled up to 2 minutes), and checked: the restored ledgers
+//! equal the ones that wrote the changelog (`snapshot_all`).
+//!
+//! `RESTORE_BROKER=0` runs the in-memory part only.
 
 #[path = "../tests/support/kafka.rs"]
 mod kafka_support;
@@ -30,80 +37,182 @@ mod kafka_support;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use smsvoice::config::{Config, EMBEDDED_DEFAULT};
 use smsvoice::decode::RecordSource;
 use smsvoice::generate::{generate, Workload};
-use smsvoice::kafka::{ensure_topics, KafkaConfig, TopicSpec};
+use smsvoice::kafka::admin::MESSAGE_STATE;
+use smsvoice::kafka::{producer_config, KafkaConfig};
+use smsvoice::limits::Limits;
 use smsvoice::model::Provenance;
+use smsvoice::runtime::formats::Format;
 use smsvoice::runtime::message_owner::restore_owner;
+use smsvoice::runtime::message_owner::state::STATE_KEY;
 use smsvoice::runtime::records::partition_of;
 use smsvoice::runtime::{Metrics, Shared};
+use smsvoice::spend::LedgerChanges;
 use smsvoice::stages::message_owner::{MessageOwner, OwnerOutputs};
-use smsvoice::stages::router::{route, Routed};
+use smsvoice::stages::router::{route_at, Routed};
 use smsvoice::stages::view::View;
 
 const PARTITIONS: i32 = 4;
+const COMMIT_EVERY: usize = 25_000;
+const DAY_MS: i64 = 86_400_000;
+/// 2025-10-30T00:00:00Z, the generator's default start.
+const OPEN_START_MS: i64 = 1_761_782_400_000;
 
-fn main() {
-    let messages: usize = std::env::var("RESTORE_MESSAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let cfg = Config::from_toml(EMBEDDED_DEFAULT, "default").unwrap_or_else(|e| panic!("{e}"));
-    let t = Instant::now();
-    let g = generate(&Workload {
-        messages,
-        ..Workload::default()
-    });
-    // Per partition: (messageId, forwarded record).
-    let mut parts: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); PARTITIONS as usize];
+/// Forwarded records per owner partition.
+type Parts = Vec<Vec<Vec<u8>>>;
+
+/// Routes `w`'s records read from 4 input partitions, their offsets
+/// continuing from `next` (one history of the same input topic).
+fn forward(w: &Workload, parts: &mut Parts, clock: &mut i64, next: &mut [i64; 4]) {
+    let g = generate(w);
     let source: Arc<str> = Arc::from("sms-events");
+    let limits = Limits::DEFAULT;
     let mut routed = Vec::new();
     for (i, r) in g.records.iter().enumerate() {
+        let q = i % 4;
         let src = RecordSource {
             source: source.clone(),
-            partition: Some((i % 4) as i32),
-            offset: (i / 4) as i64,
+            partition: Some(q as i32),
+            offset: next[q],
             timestamp_ms: None,
         };
-        route(r, &src, &mut routed);
+        next[q] += 1;
+        *clock += 1;
+        route_at(r, &src, &limits, Some(*clock), &mut routed);
         for x in routed.drain(..) {
             if let Routed::Event { message_id, record } = x {
-                parts[partition_of(&message_id, PARTITIONS) as usize].push((message_id, record));
+                parts[partition_of(&message_id, PARTITIONS) as usize].push(record);
             }
         }
     }
-    drop(g);
-    let forwarded: usize = parts.iter().map(Vec::len).sum();
-    println!(
-        "restore: {messages} messages, {forwarded} forwarded events in {PARTITIONS} partitions (prepared in {:.1} s)",
-        t.elapsed().as_secs_f64()
-    );
+}
+
+/// One history: its owners, and the changelog records they wrote per
+/// partition (key, value: `None` a tombstone).
+struct Run {
+    name: &'static str,
+    owners: Vec<MessageOwner>,
+    changelog: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>>,
+    through: Vec<i64>,
+    secs: f64,
+}
+
+fn run(name: &'static str, cfg: &Config, parts: &Parts) -> Run {
     let view = View::new(&cfg.optout);
     let topic: Arc<str> = Arc::from("smsvoice.internal.events-by-message");
     let mut out = OwnerOutputs::default();
-    let mut tracked = 0usize;
+    let mut r = Run {
+        name,
+        owners: Vec::new(),
+        changelog: Vec::new(),
+        through: Vec::new(),
+        secs: 0.0,
+    };
     let start = Instant::now();
     for (p, records) in parts.iter().enumerate() {
-        let mut owner = MessageOwner::new(&cfg.spend, p as i32);
-        for (o, (_, r)) in records.iter().enumerate() {
+        let mut owner = MessageOwner::new(&cfg.spend, p as i32).with_limits(Limits::new(cfg));
+        owner.expect_streams((0..4).map(|q| ("sms-events", q)));
+        owner.ledger_mut().track_changes();
+        let mut log = Vec::new();
+        let write = |c: LedgerChanges, through: i64, log: &mut Vec<_>| {
+            for (k, v) in c.entries {
+                log.push((k.as_bytes().to_vec(), v));
+            }
+            let mut value = through.to_le_bytes().to_vec();
+            value.extend_from_slice(&(p as i32).to_le_bytes());
+            value.extend_from_slice(&c.state);
+            log.push((STATE_KEY.to_vec(), Some(value)));
+        };
+        for (o, rec) in records.iter().enumerate() {
             let at = Provenance {
                 source: topic.clone(),
                 partition: Some(p as i32),
                 offset: o as i64,
                 sub: 0,
             };
-            owner.process(r, &at, &view, &mut out);
+            owner.process(rec, &at, &view, &mut out);
             out.clear();
+            if (o + 1) % COMMIT_EVERY == 0 {
+                let c = owner.ledger_mut().snapshot_changes();
+                write(c, o as i64 + 1, &mut log);
+            }
         }
-        tracked += owner.ledger().tracked_messages();
+        let c = owner.ledger_mut().snapshot_changes();
+        write(c, records.len() as i64, &mut log);
+        r.owners.push(owner);
+        r.changelog.push(log);
+        r.through.push(records.len() as i64);
     }
-    let secs = start.elapsed().as_secs_f64();
+    r.secs = start.elapsed().as_secs_f64();
+    r
+}
+
+fn main() {
+    let messages: usize = env("RESTORE_MESSAGES", 1_000_000);
+    let history: usize = env("RESTORE_HISTORY", messages / 2);
+    let cfg = Config::from_toml(EMBEDDED_DEFAULT, "default").unwrap_or_else(|e| panic!("{e}"));
+    let t = Instant::now();
+    let open = Workload {
+        messages,
+        ..Workload::default()
+    };
+    let mut clock = OPEN_START_MS;
+    let mut recent: Parts = vec![Vec::new(); PARTITIONS as usize];
+    forward(&open, &mut recent, &mut clock, &mut [0; 4]);
+    // 5 earlier months (2025-04-25 .. 2025-09-22), then the same open stream.
+    let mut long: Parts = vec![Vec::new(); PARTITIONS as usize];
+    let mut clock = OPEN_START_MS - 190 * DAY_MS;
+    let mut next = [0; 4];
+    forward(
+        &Workload {
+            seed: 99,
+            messages: history,
+            start_ms: OPEN_START_MS - 188 * DAY_MS,
+            span_ms: 150 * DAY_MS,
+            ..Workload::default()
+        },
+        &mut long,
+        &mut clock,
+        &mut next,
+    );
+    let mut clock = OPEN_START_MS;
+    forward(&open, &mut long, &mut clock, &mut next);
     println!(
-        "replay through the ledger: {secs:.2} s, {:.0} records/s, {tracked} messages tracked at the end (the rest in closed months)",
-        forwarded as f64 / secs
+        "restore: {messages} open messages ({} forwarded events), plus {history} messages over 5 earlier months in the 6-month history ({} forwarded events), {PARTITIONS} partitions (prepared in {:.1} s)",
+        count(&recent),
+        count(&long),
+        t.elapsed().as_secs_f64()
+    );
+    let runs = [run("1 month", &cfg, &recent), run("6 months", &cfg, &long)];
+    for r in &runs {
+        let tracked: usize = r.owners.iter().map(|o| o.ledger().tracked_messages()).sum();
+        let records: usize = r.changelog.iter().map(Vec::len).sum();
+        let tombstones: usize = r
+            .changelog
+            .iter()
+            .flatten()
+            .filter(|(_, v)| v.is_none())
+            .count();
+        println!(
+            "{}: ledgers processed in {:.1} s; {tracked} messages tracked at the end; changelog written: {records} records ({tombstones} tombstones)",
+            r.name, r.secs
+        );
+    }
+    let tracked =
+        |r: &Run| -> usize { r.owners.iter().map(|o| o.ledger().tracked_messages()).sum() };
+    assert_eq!(
+        tracked(&runs[0]),
+        tracked(&runs[1]),
+        "both histories end with the same open state"
     );
     if std::env::var("RESTORE_BROKER").as_deref() == Ok("0") {
         return;
@@ -111,65 +220,151 @@ fn main() {
     if !kafka_support::kafka_or_skip("restore through a broker") {
         return;
     }
-    through_kafka(&cfg, &parts, forwarded);
+    through_kafka(&cfg, &runs);
 }
 
-/// Produces `parts` to a fresh Apache Kafka broker and times the runtime's
-/// restore of each.
-fn through_kafka(cfg: &Config, parts: &[Vec<(String, Vec<u8>)>], forwarded: usize) {
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn count(p: &Parts) -> usize {
+    p.iter().map(Vec::len).sum()
+}
+
+/// Writes each run's changelog to its own compacted topic of a fresh Apache
+/// Kafka broker and times the runtime's restore of every partition.
+fn through_kafka(cfg: &Config, runs: &[Run]) {
     let broker = kafka_support::KafkaBroker::start();
-    let kafka = KafkaConfig::new(&broker.bootstrap);
-    assert!(!kafka.reread_offset_gaps, "the default: no gap re-reads");
-    let topic = kafka.internal_topic(smsvoice::kafka::admin::EVENTS_BY_MESSAGE);
     let io = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("tokio: {e}"));
-    io.block_on(ensure_topics(
-        &kafka,
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions: PARTITIONS,
-            compacted: false,
-            retain_forever: true,
-        }],
-    ))
-    .unwrap_or_else(|e| panic!("create {topic}: {e}"));
-    let t = Instant::now();
-    kafka_support::produce_to(
-        &broker.bootstrap,
-        &topic,
-        parts.iter().enumerate().flat_map(|(p, records)| {
-            records
-                .iter()
-                .map(move |(k, v)| (p as i32, Some(k.as_bytes()), v.as_slice()))
-        }),
-    );
-    println!(
-        "produced {forwarded} forwarded events to Apache Kafka {} (1 broker, loopback) in {:.1} s",
-        kafka_support::kafka_version(),
-        t.elapsed().as_secs_f64()
-    );
-    let shared = Shared {
-        cfg: Arc::new(cfg.clone()),
-        kafka: Arc::new(kafka),
-        shutdown: Arc::new(AtomicBool::new(false)),
-        metrics: Arc::new(Metrics::default()),
-        view: Arc::new(RwLock::new(View::new(&cfg.optout))),
-        store: None,
-        io: io.handle().clone(),
-        partitions: Arc::new(BTreeMap::new()),
-    };
-    let at_topic: Arc<str> = Arc::from(topic.as_str());
-    let mut tracked = 0usize;
-    let start = Instant::now();
-    for (p, records) in parts.iter().enumerate() {
-        let owner = restore_owner(&shared, &at_topic, p as i32, records.len() as i64)
-            .unwrap_or_else(|e| panic!("restore partition {p}: {e}"));
-        tracked += owner.ledger().tracked_messages();
+    for r in runs {
+        let mut kafka = KafkaConfig::new(&broker.bootstrap);
+        kafka.internal_prefix = format!("bench{}.", r.name.split(' ').next().unwrap_or("x"));
+        let topic = kafka.internal_topic(MESSAGE_STATE);
+        create_compacted(&io, &kafka, &topic);
+        let t = Instant::now();
+        let n = produce(&kafka, &topic, &r.changelog);
+        println!(
+            "{}: produced {n} changelog records to Apache Kafka {} (1 broker, loopback) in {:.1} s",
+            r.name,
+            kafka_support::kafka_version(),
+            t.elapsed().as_secs_f64()
+        );
+        let shared = Shared {
+            cfg: Arc::new(cfg.clone()),
+            kafka: Arc::new(kafka.clone()),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            metrics: Arc::new(Metrics::default()),
+            view: Arc::new(RwLock::new(View::new(&cfg.optout))),
+            store: None,
+            io: io.handle().clone(),
+            partitions: Arc::new(BTreeMap::new()),
+        };
+        let waited = Instant::now();
+        let mut first = true;
+        loop {
+            let start = Instant::now();
+            let mut read = 0u64;
+            let mut tracked = 0usize;
+            for p in 0..PARTITIONS {
+                let (owned, report) = restore_owner(&shared, p, Some(r.through[p as usize]))
+                    .unwrap_or_else(|e| panic!("restore partition {p}: {e}"));
+                assert_eq!(report.replayed, 0, "no tail to read");
+                assert_eq!(
+                    owned.owner.ledger().snapshot_all(),
+                    r.owners[p as usize].ledger().snapshot_all(),
+                    "partition {p} restored exactly"
+                );
+                read += report.changelog_records;
+                tracked += owned.owner.ledger().tracked_messages();
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let compacted = (read as usize) < tracked + tracked / 10 + 1000;
+            let label = if compacted {
+                "compacted"
+            } else if first {
+                "as written"
+            } else {
+                "partly compacted"
+            };
+            let last = compacted || waited.elapsed() > Duration::from_secs(120);
+            if first || last {
+                println!(
+                "{}: restore through Apache Kafka ({label}; {PARTITIONS} partitions one after the other): {secs:.2} s, {read} changelog records read, {:.0} records/s, {tracked} messages tracked, 0 events-by-message records read",
+                r.name,
+                read as f64 / secs
+                );
+            }
+            first = false;
+            if last {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(10));
+        }
     }
-    let read = Metrics::get(&shared.metrics.restored_records);
-    let secs = start.elapsed().as_secs_f64();
-    assert_eq!(read as usize, forwarded, "records restored");
-    println!(
-        "restore through Apache Kafka (read + replay, {PARTITIONS} partitions one after the other): {secs:.2} s, {:.0} records/s, {tracked} messages tracked at the end",
-        forwarded as f64 / secs
-    );
+}
+
+fn create_compacted(io: &tokio::runtime::Runtime, kafka: &KafkaConfig, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = smsvoice::kafka::client::admin_config(kafka)
+        .create()
+        .unwrap_or_else(|e| panic!("admin: {e}"));
+    // Small segments and an eager cleaner, so that compaction happens
+    // within the bench; tombstones go at the next cleaning.
+    let t = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("segment.bytes", "1048576")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("delete.retention.ms", "0")
+        .set("min.compaction.lag.ms", "0");
+    let r = io
+        .block_on(admin.create_topics([&t], &AdminOptions::new()))
+        .unwrap_or_else(|e| panic!("create {topic}: {e}"));
+    for x in r {
+        x.unwrap_or_else(|(t, e)| panic!("create {t}: {e}"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+fn produce(kafka: &KafkaConfig, topic: &str, parts: &[Vec<(Vec<u8>, Option<Vec<u8>>)>]) -> usize {
+    let p: ThreadedProducer<_> = producer_config(kafka, None)
+        .create()
+        .unwrap_or_else(|e| panic!("producer: {e}"));
+    let (h, v) = Format::MessageState.header();
+    let mut n = 0;
+    for (partition, records) in parts.iter().enumerate() {
+        for (k, value) in records {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: h,
+                value: Some(v.as_slice()),
+            });
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+                .key(k.as_slice())
+                .partition(partition as i32)
+                .headers(headers);
+            if let Some(value) = value {
+                rec = rec.payload(value.as_slice());
+            }
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        r,
+                    )) => {
+                        rec = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => panic!("produce to {topic}: {e}"),
+                }
+            }
+            n += 1;
+        }
+    }
+    p.flush(Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("flush {topic}: {e}"));
+    n
 }

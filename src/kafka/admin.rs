@@ -55,12 +55,22 @@ pub const INBOUND_BY_NUMBER: &str = "inbound-by-number";
 /// Suffix of the internal topic of partial spend totals, partitioned by
 /// (month, channel).
 pub const SPEND_PARTIALS: &str = "spend-partials";
+/// Suffix of the message owners' state changelog (compacted; partition p
+/// written by the owner of partition p of `events-by-message`, so it has
+/// that topic's partition count).
+pub const MESSAGE_STATE: &str = "message-state";
+
+/// The floor of `[kafka] internal_retention_ms`, and its default: 7 days.
+pub const MIN_INTERNAL_RETENTION_MS: u64 = 7 * 86_400_000;
 
 /// Every topic the pipeline writes, for `cfg`: the outputs, then the internal
-/// topics `{internal_prefix}events-by-message` and `inbound-by-number`
-/// (repartitioning; kept forever: their owners rebuild state by replaying
-/// them) and `spend-partials` (state changelog, compacted). Each has
-/// `cfg.partitions` partitions.
+/// topics `{internal_prefix}events-by-message` (repartitioning, with a
+/// finite retention: [`KafkaConfig::internal_retention`]; its owners
+/// restore from `message-state`), `inbound-by-number` (repartitioning;
+/// kept forever: its owners rebuild state by replaying it),
+/// `spend-partials` and `message-state` (state changelogs, compacted). Each
+/// has `cfg.partitions` partitions (`message-state`: that of
+/// `events-by-message` when it exists, see [`ensure_topics`]).
 pub fn all_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
     let o = &cfg.output_topics;
     let spec = |name: &str, compacted: bool| TopicSpec {
@@ -69,10 +79,7 @@ pub fn all_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
         compacted,
         retain_forever: false,
     };
-    let internal = |suffix: &str, compacted: bool| TopicSpec {
-        retain_forever: !compacted,
-        ..spec(&cfg.internal_topic(suffix), compacted)
-    };
+    let internal = |suffix: &str, compacted: bool| spec(&cfg.internal_topic(suffix), compacted);
     vec![
         spec(&o.enriched_events, false),
         spec(&o.enriched_inbound, false),
@@ -82,9 +89,51 @@ pub fn all_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
         spec(&o.replies, false),
         spec(&o.dead_letters, false),
         internal(EVENTS_BY_MESSAGE, false),
-        internal(INBOUND_BY_NUMBER, false),
+        TopicSpec {
+            retain_forever: true,
+            ..internal(INBOUND_BY_NUMBER, false)
+        },
         internal(SPEND_PARTIALS, true),
+        internal(MESSAGE_STATE, true),
     ]
+}
+
+/// The topic configs `spec` is created with (for `cfg`):
+/// `cleanup.policy=compact` for a compacted topic, `retention.ms=-1` for
+/// one kept forever, and `retention.ms` = [`KafkaConfig::internal_retention`]
+/// for `events-by-message`.
+pub fn topic_configs(cfg: &KafkaConfig, spec: &TopicSpec) -> Vec<(&'static str, String)> {
+    if spec.compacted {
+        vec![("cleanup.policy", "compact".into())]
+    } else if spec.retain_forever {
+        vec![("retention.ms", "-1".into())]
+    } else if spec.name == cfg.internal_topic(EVENTS_BY_MESSAGE) {
+        vec![("retention.ms", cfg.internal_retention().to_string())]
+    } else {
+        Vec::new()
+    }
+}
+
+/// `specs` with `message-state` given the partition count of an existing
+/// `events-by-message` (`present`: the topics of the cluster): partition p
+/// of the changelog is written by the owner of partition p.
+fn copartition(
+    cfg: &KafkaConfig,
+    specs: &[TopicSpec],
+    present: &BTreeMap<String, i32>,
+) -> Vec<TopicSpec> {
+    let state = cfg.internal_topic(MESSAGE_STATE);
+    let events = present.get(&cfg.internal_topic(EVENTS_BY_MESSAGE)).copied();
+    specs
+        .iter()
+        .map(|s| match events {
+            Some(n) if s.name == state && n != s.partitions => TopicSpec {
+                partitions: n,
+                ..s.clone()
+            },
+            _ => s.clone(),
+        })
+        .collect()
 }
 
 /// What [`ensure_topics`] did.
@@ -162,6 +211,8 @@ async fn ensure(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<EnsureReport, 
     .await?;
     let mut missing = Vec::new();
     report.present = present.clone();
+    let specs = &copartition(cfg, specs, &present)[..];
+    warn_unbounded_retention(&admin, cfg, specs, &present).await;
     for s in specs {
         match present.get(&s.name) {
             Some(&n) => {
@@ -191,12 +242,7 @@ async fn ensure(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<EnsureReport, 
         let attempt = missing.clone();
         let without = rejected_configs.clone();
         let results = retry_with_backoff("create topics", &create_policy, || {
-            create(
-                admin.clone(),
-                cfg.replication_factor,
-                attempt.clone(),
-                without.clone(),
-            )
+            create(admin.clone(), cfg, attempt.clone(), without.clone())
         })
         .await?;
         let mut retry_without_configs = Vec::new();
@@ -264,9 +310,10 @@ fn judge(r: TopicResult, attempt: &[TopicSpec], without_configs: &[String]) -> O
             Outcome::Existing(name, n)
         }
         Err((name, code)) => {
-            let configured = attempt
-                .iter()
-                .any(|s| s.name == name && (s.compacted || s.retain_forever));
+            let configured = attempt.iter().any(|s| {
+                s.name == name
+                    && (s.compacted || s.retain_forever || s.name.contains(EVENTS_BY_MESSAGE))
+            });
             if configured && !without_configs.contains(&name) {
                 Outcome::RetryWithoutConfigs(name, code)
             } else {
@@ -278,27 +325,33 @@ fn judge(r: TopicResult, attempt: &[TopicSpec], without_configs: &[String]) -> O
 
 async fn create(
     admin: Arc<Admin>,
-    replication: i16,
+    cfg: &KafkaConfig,
     specs: Vec<TopicSpec>,
     without_configs: Vec<String>,
 ) -> Result<Vec<TopicResult>, ClientError> {
-    let new: Vec<NewTopic<'_>> = specs
+    let configs: Vec<Vec<(&'static str, String)>> = specs
         .iter()
         .map(|s| {
-            let t = NewTopic::new(
+            if without_configs.contains(&s.name) {
+                Vec::new()
+            } else {
+                topic_configs(cfg, s)
+            }
+        })
+        .collect();
+    let new: Vec<NewTopic<'_>> = specs
+        .iter()
+        .zip(&configs)
+        .map(|(s, c)| {
+            let mut t = NewTopic::new(
                 &s.name,
                 s.partitions,
-                TopicReplication::Fixed(i32::from(replication)),
+                TopicReplication::Fixed(i32::from(cfg.replication_factor)),
             );
-            if without_configs.contains(&s.name) {
-                t
-            } else if s.compacted {
-                t.set("cleanup.policy", "compact")
-            } else if s.retain_forever {
-                t.set("retention.ms", "-1")
-            } else {
-                t
+            for (k, v) in c {
+                t = t.set(k, v);
             }
+            t
         })
         .collect();
     let opts = AdminOptions::new()
@@ -382,6 +435,49 @@ async fn wait_until_ready(admin: Arc<Admin>, specs: &[TopicSpec]) -> Result<(), 
     }
 }
 
+/// Logs a warning for an existing `events-by-message` topic whose
+/// retention is longer than [`KafkaConfig::internal_retention`] (a topic
+/// created by a release that restored message owners by replaying it keeps
+/// every record for ever, message bodies and numbers included). It is not
+/// altered: until every message owner has committed once with this release
+/// (its `message-state` partition then holds its state), a restore still
+/// replays the topic from its start. Best effort: a broker that cannot
+/// describe configs is not checked.
+async fn warn_unbounded_retention(
+    admin: &Admin,
+    cfg: &KafkaConfig,
+    specs: &[TopicSpec],
+    present: &BTreeMap<String, i32>,
+) {
+    let name = cfg.internal_topic(EVENTS_BY_MESSAGE);
+    if !present.contains_key(&name) || !specs.iter().any(|s| s.name == name) {
+        return;
+    }
+    let want = cfg.internal_retention();
+    let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+    let resources = [ResourceSpecifier::Topic(&name)];
+    let Ok(results) = admin.describe_configs(resources.iter(), &opts).await else {
+        return;
+    };
+    let Some(Ok(res)) = results.into_iter().next() else {
+        return;
+    };
+    let retention: Option<i64> = res
+        .get("retention.ms")
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| v.parse().ok());
+    if let Some(r) = retention.filter(|&r| r < 0 || r > want) {
+        tracing::warn!(
+            topic = %name,
+            retention_ms = r,
+            internal_retention_ms = want,
+            "internal topic keeps records longer than kafka.internal_retention_ms; once every \
+             message owner has logged 'message owner state restored' or committed with this \
+             release, lower it with kafka-configs.sh --alter --add-config retention.ms=..."
+        );
+    }
+}
+
 /// Compacted topics created with their configs whose `cleanup.policy` the
 /// broker does not report as `compact`. Best effort: a broker that cannot
 /// describe configs is not checked.
@@ -445,7 +541,7 @@ mod tests {
     fn all_topics_lists_outputs_and_internal_topics() {
         let cfg = KafkaConfig::new("x:1");
         let t = all_topics(&cfg);
-        assert_eq!(t.len(), 10);
+        assert_eq!(t.len(), 11);
         let compacted: Vec<&str> = t
             .iter()
             .filter(|s| s.compacted)
@@ -456,7 +552,8 @@ mod tests {
             [
                 "smsvoice.optout-changelog",
                 "smsvoice.spend",
-                "smsvoice.internal.spend-partials"
+                "smsvoice.internal.spend-partials",
+                "smsvoice.internal.message-state"
             ]
         );
         let forever: Vec<&str> = t
@@ -464,14 +561,47 @@ mod tests {
             .filter(|s| s.retain_forever)
             .map(|s| s.name.as_str())
             .collect();
-        assert_eq!(
-            forever,
-            [
-                "smsvoice.internal.events-by-message",
-                "smsvoice.internal.inbound-by-number"
-            ]
-        );
+        assert_eq!(forever, ["smsvoice.internal.inbound-by-number"]);
         assert!(t.iter().all(|s| s.partitions == 6));
+        let configs = |name: &str| {
+            let s = t.iter().find(|s| s.name == name).expect("listed");
+            topic_configs(&cfg, s)
+        };
+        assert_eq!(
+            configs("smsvoice.internal.events-by-message"),
+            [("retention.ms", "604800000".to_owned())]
+        );
+        assert_eq!(
+            configs("smsvoice.internal.message-state"),
+            [("cleanup.policy", "compact".to_owned())]
+        );
+        assert!(configs("smsvoice.alarms").is_empty());
+        let mut longer = cfg.clone();
+        longer.internal_retention_ms = Some(30 * 86_400_000);
+        assert_eq!(
+            topic_configs(&longer, &t[7]),
+            [("retention.ms", "2592000000".to_owned())]
+        );
+    }
+
+    #[test]
+    fn message_state_gets_the_partition_count_of_events_by_message() {
+        let cfg = KafkaConfig::new("x:1");
+        let specs = all_topics(&cfg);
+        let mut present = BTreeMap::new();
+        let state = |v: &[TopicSpec]| {
+            v.iter()
+                .find(|s| s.name == "smsvoice.internal.message-state")
+                .map(|s| s.partitions)
+        };
+        assert_eq!(state(&copartition(&cfg, &specs, &present)), Some(6));
+        present.insert("smsvoice.internal.events-by-message".to_owned(), 12);
+        let c = copartition(&cfg, &specs, &present);
+        assert_eq!(state(&c), Some(12));
+        assert!(c
+            .iter()
+            .filter(|s| s.name != "smsvoice.internal.message-state")
+            .all(|s| s.partitions == 6));
     }
 
     #[test]

@@ -122,6 +122,18 @@ pub struct KafkaConfig {
     /// where a gap then costs nothing. Default false.
     #[serde(default)]
     pub reread_offset_gaps: bool,
+    /// `retention.ms` of the internal repartition topic `events-by-message`
+    /// when the pipeline creates it (existing topics are left as they are;
+    /// a longer retention is logged as a warning). Its message owners
+    /// restore their state from the compacted `message-state` changelog and
+    /// read only the records since their last commit point, so the topic
+    /// needs to hold what they have not committed yet: with margin for an
+    /// owner that is down or crash-looping, at least 7 days
+    /// ([`admin::MIN_INTERNAL_RETENTION_MS`]) and at least 1000 commit
+    /// intervals. Default: the larger of those two; a smaller value is
+    /// rejected.
+    #[serde(default)]
+    pub internal_retention_ms: Option<u64>,
 }
 
 /// `[kafka.input_topics]`. A topic may appear in both lists: it then carries
@@ -212,7 +224,23 @@ impl KafkaConfig {
             max_in_flight_records: default_max_in_flight_records(),
             commit_interval_ms: default_commit_interval_ms(),
             reread_offset_gaps: false,
+            internal_retention_ms: None,
         }
+    }
+
+    /// The smallest accepted `internal_retention_ms`, and the default: the
+    /// larger of 7 days and 1000 commit intervals.
+    pub fn min_internal_retention_ms(&self) -> u64 {
+        admin::MIN_INTERNAL_RETENTION_MS.max(self.commit_interval_ms.saturating_mul(1000))
+    }
+
+    /// `retention.ms` of `events-by-message` (see
+    /// [`internal_retention_ms`](Self::internal_retention_ms)).
+    pub fn internal_retention(&self) -> i64 {
+        let ms = self
+            .internal_retention_ms
+            .unwrap_or_else(|| self.min_internal_retention_ms());
+        i64::try_from(ms).unwrap_or(i64::MAX)
     }
 
     /// Name of the internal topic `suffix` ([`admin::EVENTS_BY_MESSAGE`], ...).
@@ -245,6 +273,15 @@ impl KafkaConfig {
         }
         if self.max_in_flight_records == 0 {
             return Err("kafka.max_in_flight_records must be at least 1".into());
+        }
+        if let Some(r) = self.internal_retention_ms {
+            let min = self.min_internal_retention_ms();
+            if r < min {
+                return Err(format!(
+                    "kafka.internal_retention_ms must be at least {min} (7 days, and 1000 \
+                     commit intervals), not {r}"
+                ));
+            }
         }
         for t in self.input_topics.all() {
             if !valid_topic_name(&t) {
@@ -420,5 +457,27 @@ spend = "my-spend"
         let mut c = KafkaConfig::new("x:1");
         c.input_topics.events = vec!["bad topic".into()];
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn internal_retention_has_a_floor() {
+        let c = KafkaConfig::new("x:1");
+        assert_eq!(c.internal_retention(), 7 * 86_400_000);
+        let mut slow = KafkaConfig::new("x:1");
+        slow.commit_interval_ms = 1_000_000;
+        assert_eq!(slow.internal_retention(), 1_000_000_000);
+        let c: KafkaConfig =
+            toml::from_str("bootstrap_servers = \"x:1\"\ninternal_retention_ms = 1209600000\n")
+                .expect("parses");
+        assert_eq!(c.internal_retention(), 1_209_600_000);
+        c.validate().expect("two weeks is fine");
+        let mut short = c.clone();
+        short.internal_retention_ms = Some(3_600_000);
+        let e = short.validate().expect_err("below the floor");
+        assert!(e.contains("kafka.internal_retention_ms"), "{e}");
+        let e =
+            toml::from_str::<KafkaConfig>("bootstrap_servers = \"x\"\ninternal_retention = 5\n")
+                .expect_err("unknown key");
+        assert!(e.to_string().contains("internal_retention"), "{e}");
     }
 }

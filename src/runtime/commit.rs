@@ -188,7 +188,7 @@ pub(super) fn commit<L: Logic>(
         e.set_offset(Offset::Offset(*o))
             .map_err(|e| kafka("commit", e))?;
     }
-    if shared.kafka.exactly_once {
+    if logic.transactional(shared) {
         let meta = consumer
             .group_metadata()
             .ok_or_else(|| RuntimeError::Stage(stage, "no group metadata".into()))?;

@@ -16,7 +16,14 @@
 //!   spend silently. The process stops naming the topic, partition and
 //!   offset.
 //! * treats an empty value (a tombstone: a compacted key deleted by an
-//!   operator; smsvoice never writes one) as no record.
+//!   operator) as no record. smsvoice writes tombstones only to
+//!   `message-state` (a dropped ledger entry); a versioned record with an
+//!   empty value is produced with a null value (`super::produce::send`).
+//!
+//! `message-state` records ([`Format::MessageState`]) are binary: their
+//! reader ([`Format::check`]) requires the header (there is no legacy form)
+//! and leaves the value to [`crate::spend::SpendLedger::restore_entry`] and
+//! [`crate::spend::SpendLedger::restore_state`].
 //!
 //! Forwarded records and idle markers (`events-by-message`,
 //! `inbound-by-number`) are described in `crate::stages::forward`.
@@ -42,13 +49,21 @@ pub enum Format {
     /// Opt-out changelog values ([`crate::optout::OptOutChange`]), read by
     /// every instance's replicated view.
     OptOutChange,
+    /// `message-state` values: a message owner's ledger entries and ledger
+    /// state (binary, [`crate::spend::SpendLedger::snapshot_changes`]), read
+    /// back by the message owners to restore. No legacy form: a record
+    /// without the header is unreadable.
+    MessageState,
 }
 
 impl Format {
     /// The version this build writes, and the newest it reads.
     pub const fn current(self) -> u32 {
         match self {
-            Format::SpendPartial | Format::SpendState | Format::OptOutChange => 1,
+            Format::SpendPartial
+            | Format::SpendState
+            | Format::OptOutChange
+            | Format::MessageState => 1,
         }
     }
 
@@ -58,6 +73,7 @@ impl Format {
             Format::SpendPartial => "spend partial",
             Format::SpendState => "spend state",
             Format::OptOutChange => "opt-out change",
+            Format::MessageState => "message-owner state",
         }
     }
 
@@ -104,7 +120,43 @@ impl Format {
             .map_err(|e| self.unreadable(rec, e.to_string()))
     }
 
-    fn unreadable(self, rec: &InRecord<'_>, detail: String) -> RecordError {
+    /// Checks the version of a binary record of this format (the header is
+    /// required: there is no unversioned form) and returns its value:
+    /// `Ok(None)` for a tombstone (empty value).
+    pub fn check<'a>(self, rec: &InRecord<'a>) -> Result<Option<&'a [u8]>, RecordError> {
+        let Some(raw) = rec.format else {
+            return Err(self.unreadable(rec, format!("no {FORMAT_HEADER} header")));
+        };
+        let version = std::str::from_utf8(raw)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .ok_or_else(|| {
+                self.unreadable(
+                    rec,
+                    format!(
+                        "header {FORMAT_HEADER} is {:?}, not a version number",
+                        String::from_utf8_lossy(raw)
+                    ),
+                )
+            })?;
+        if version > self.current() {
+            return Err(RecordError::Newer {
+                what: self.what(),
+                topic: rec.topic.to_owned(),
+                partition: rec.partition,
+                offset: rec.offset,
+                found: version,
+                supported: self.current(),
+            });
+        }
+        if version == 0 {
+            return Err(self.unreadable(rec, "format version 0".into()));
+        }
+        Ok((!rec.value.is_empty()).then_some(rec.value))
+    }
+
+    /// The error for a record of this format that does not decode.
+    pub fn unreadable(self, rec: &InRecord<'_>, detail: String) -> RecordError {
         RecordError::Unreadable {
             what: self.what(),
             topic: rec.topic.to_owned(),

@@ -1,11 +1,17 @@
 //! Stage 2a in Kafka: the owners of the partitions of `events-by-message`.
 //!
 //! Per owned partition, a [`MessageOwner`] (the spend ledger of its
-//! messages). State restore: the partition itself is the owner's log: on
-//! assignment it is replayed from offset 0 up to the committed offset with
-//! outputs discarded, which rebuilds the ledger exactly (the ledger is a
-//! deterministic function of the records in order). The topic is created
-//! with `retention.ms=-1` for that reason.
+//! messages). State restore: from the compacted changelog
+//! `message-state` ([`state`]): at each commit point the owner writes the
+//! ledger entries that changed, tombstones for those dropped, and its
+//! ledger state with the offset it reflects, in the transaction that
+//! commits its offsets. The stage therefore always commits in transactions
+//! ([`Logic::transactional`]), also in at-least-once mode. On assignment
+//! the changelog partition is read to its end, which gives the state at
+//! the committed offset; `events-by-message` is read only where the
+//! changelog is behind (a partition last committed by an older release is
+//! replayed from its start, once). The topic keeps its records for
+//! `kafka.internal_retention_ms`.
 //!
 //! Outputs: the enriched event (key messageId), the partition's changed
 //! partial totals on `spend-partials` (the latest value per key at each
@@ -20,15 +26,17 @@ use std::sync::Arc;
 
 use super::formats::Format;
 use super::records::{dead_letter, enriched_event, partition_of, At, OutRecord};
-use super::restore::replay_values;
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
-use crate::kafka::admin::{EVENTS_BY_MESSAGE, SPEND_PARTIALS};
+use crate::kafka::admin::{EVENTS_BY_MESSAGE, MESSAGE_STATE, SPEND_PARTIALS};
 use crate::model::{Channel, Provenance};
 use crate::spend::MonthKey;
 use crate::stages::message_owner::{MessageOwner, OwnerOutputs};
 use crate::stages::view::PartialTotal;
-use crate::stages::view::View;
+
+pub mod state;
+
+pub use state::{Owned, Restored};
 
 /// An empty message owner of `partition` that expects events from every
 /// partition of the delivery-event input topics known at start, so that its
@@ -45,24 +53,22 @@ pub fn new_owner(shared: &Shared, partition: i32) -> MessageOwner {
     owner
 }
 
-/// Rebuilds the message owner of `topic` (events-by-message) `partition` by
-/// replaying the partition up to `until` (the committed offset). The
-/// replay's outputs are discarded: they were produced when the records were
-/// first processed.
+/// Rebuilds the message owner of `partition` of `events-by-message` whose
+/// committed offset is `committed`, from `message-state` (see
+/// [`state::restore`]).
 pub fn restore_owner(
     shared: &Shared,
-    topic: &Arc<str>,
     partition: i32,
-    until: i64,
-) -> Result<MessageOwner, RuntimeError> {
-    let mut owner = new_owner(shared, partition);
-    let view = View::new(&shared.cfg.optout);
-    let mut scratch = OwnerOutputs::default();
-    replay_values(shared, topic, partition, until, |value, at| {
-        owner.process(value, at, &view, &mut scratch);
-        scratch.clear();
-    })?;
-    Ok(owner)
+    committed: Option<i64>,
+) -> Result<(Owned, Restored), RuntimeError> {
+    let topic: Arc<str> = Arc::from(shared.internal(EVENTS_BY_MESSAGE).as_str());
+    state::restore(
+        shared,
+        &topic,
+        &shared.internal(MESSAGE_STATE),
+        partition,
+        committed,
+    )
 }
 
 /// The message-owner stage.
@@ -73,7 +79,8 @@ pub struct MessageStage {
     partials_partitions: i32,
     enriched_topic: String,
     dead_topic: String,
-    owners: HashMap<i32, MessageOwner>,
+    state_topic: String,
+    owners: HashMap<i32, Owned>,
     /// The latest partial per (owner partition, month, channel) since the
     /// last commit point: partials are absolute, so only the last matters
     /// and the record is built once, at the commit point.
@@ -93,6 +100,7 @@ impl MessageStage {
             partials_topic,
             enriched_topic: shared.kafka.output_topics.enriched_events.clone(),
             dead_topic: shared.kafka.output_topics.dead_letters.clone(),
+            state_topic: shared.internal(MESSAGE_STATE),
             owners: HashMap::new(),
             pending: BTreeMap::new(),
             out: OwnerOutputs::default(),
@@ -126,12 +134,21 @@ impl Logic for MessageStage {
         partition: i32,
         committed: Option<i64>,
     ) -> Result<(), RuntimeError> {
-        let owner = match committed {
-            Some(until) => restore_owner(shared, &self.topic_arc, partition, until)?,
-            None => new_owner(shared, partition),
-        };
-        self.owners.insert(partition, owner);
+        let (owned, _) = state::restore(
+            shared,
+            &self.topic_arc,
+            &self.state_topic,
+            partition,
+            committed,
+        )?;
+        self.owners.insert(partition, owned);
         Ok(())
+    }
+
+    /// Always: the state changelog must commit with the offsets it
+    /// reflects (see the module documentation).
+    fn transactional(&self, _: &Shared) -> bool {
+        true
     }
 
     fn revoke(&mut self, _: &str, partition: i32) {
@@ -146,17 +163,22 @@ impl Logic for MessageStage {
         out: &mut Vec<OutRecord>,
     ) -> Result<(), RuntimeError> {
         let at = self.at(rec);
-        let Some(owner) = self.owners.get_mut(&rec.partition) else {
+        let Some(owned) = self.owners.get_mut(&rec.partition) else {
             return Ok(());
         };
+        if rec.offset < owned.skip_below {
+            // Already in the restored state, its outputs committed with it.
+            return Ok(());
+        }
         self.out.clear();
         {
             let view = shared
                 .view
                 .read()
                 .map_err(|_| RuntimeError::Stage("messages", "view lock poisoned".into()))?;
-            owner.process(rec.value, &at, &view, &mut self.out);
+            owned.owner.process(rec.value, &at, &view, &mut self.out);
         }
+        owned.applied(rec.offset);
         let m = &shared.metrics;
         m.events.fetch_add(1, Ordering::Relaxed);
         let here = |n: usize| At {
@@ -193,6 +215,14 @@ impl Logic for MessageStage {
                 self.partials_partitions,
             ));
             out.push(o);
+        }
+        // The state changelog last, in the same transaction as the offsets.
+        let mut parts: Vec<i32> = self.owners.keys().copied().collect();
+        parts.sort_unstable();
+        for p in parts {
+            if let Some(owned) = self.owners.get_mut(&p) {
+                state::publish(owned, &self.state_topic, p, out);
+            }
         }
     }
 }

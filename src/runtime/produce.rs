@@ -15,6 +15,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::formats::FORMAT_HEADER;
 use super::records::OutRecord;
 use super::stage::{kafka, PollErrors, StageContext, CALL_TIMEOUT, POLL};
 use super::{RuntimeError, Shared};
@@ -72,10 +73,15 @@ pub(super) fn send(
             value: Some(v.as_slice()),
         });
     }
-    let mut rec = BaseRecord::to(&o.topic)
+    let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&o.topic)
         .key(o.key.as_slice())
-        .payload(o.value.as_slice())
         .headers(headers);
+    // A versioned internal record with an empty value is a tombstone (a
+    // compacted key deleted): a null value, which compaction removes.
+    let tombstone = o.value.is_empty() && o.headers.iter().any(|(k, _)| *k == FORMAT_HEADER);
+    if !tombstone {
+        rec = rec.payload(o.value.as_slice());
+    }
     if let Some(p) = o.partition {
         rec = rec.partition(p);
     }

@@ -100,12 +100,41 @@ pub fn try_replay_range(
     partition: i32,
     from: Option<i64>,
     until: Option<i64>,
+    f: impl FnMut(&InRecord<'_>) -> Result<(), RuntimeError>,
+) -> Result<u64, RuntimeError> {
+    read_range(shared, topic, partition, from, until, false, f)
+}
+
+/// [`try_replay`] of a topic written only in transactions (a state
+/// changelog), with `isolation.level=read_committed` whatever the run's
+/// mode: what an aborted transaction wrote is never read back. Reads up to
+/// the end as of now (the last stable offset: an open transaction of a
+/// previous owner is waited for, its records read if it commits).
+pub fn try_replay_committed(
+    shared: &Shared,
+    topic: &str,
+    partition: i32,
+    f: impl FnMut(&InRecord<'_>) -> Result<(), RuntimeError>,
+) -> Result<u64, RuntimeError> {
+    read_range(shared, topic, partition, None, None, true, f)
+}
+
+fn read_range(
+    shared: &Shared,
+    topic: &str,
+    partition: i32,
+    from: Option<i64>,
+    until: Option<i64>,
+    read_committed: bool,
     mut f: impl FnMut(&InRecord<'_>) -> Result<(), RuntimeError>,
 ) -> Result<u64, RuntimeError> {
     let started = Instant::now();
     let mut cfg = consumer_config(&shared.kafka, "restore");
     // No group membership, no commits: a plain reader.
     cfg.set("enable.auto.commit", "false");
+    if read_committed {
+        cfg.set("isolation.level", "read_committed");
+    }
     let consumer: BaseConsumer<ClientWatch> = cfg
         .create_with_context(shared.watch("restore reader"))
         .map_err(|e| kafka("create restore consumer", e))?;
@@ -128,7 +157,9 @@ pub fn try_replay_range(
         }
     }
     let end = until.unwrap_or(high);
-    if low > 0 && end > 0 && from.is_none_or(|f| f < low) {
+    // (A compacted changelog may start anywhere: only its latest records
+    // matter.)
+    if !read_committed && low > 0 && end > 0 && from.is_none_or(|f| f < low) {
         tracing::warn!(
             topic,
             partition,

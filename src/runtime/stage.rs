@@ -148,6 +148,13 @@ pub trait Logic {
     /// outputs the stage coalesces between commits (e.g. the latest partial
     /// totals) are pushed onto `out`. Default: nothing.
     fn before_commit(&mut self, _shared: &Shared, _out: &mut Vec<OutRecord>) {}
+    /// Whether the stage commits in Kafka transactions (outputs and offsets
+    /// in one transaction, a revocation aborting it). Default: in
+    /// exactly-once mode only; the message owners always do, since their
+    /// state changelog must commit with the offsets it reflects.
+    fn transactional(&self, shared: &Shared) -> bool {
+        shared.kafka.exactly_once
+    }
     /// Called when the consumer has had nothing to hand out, at most once per
     /// [`IDLE_CHECK`]; `caught_up(topic, partition)` tells whether an owned
     /// partition has been read to its end (one broker round trip). Pushes
@@ -299,7 +306,7 @@ pub(super) fn kafka(context: &str, e: KafkaError) -> RuntimeError {
 /// One attempt: fresh clients, every partition restored on assignment.
 fn attempt<L: Logic>(shared: &Shared, logic: &mut L) -> Result<(), RuntimeError> {
     let k = &shared.kafka;
-    let eos = k.exactly_once;
+    let eos = logic.transactional(shared);
     let consumer: BaseConsumer<StageContext> = consumer_config(k, logic.group_suffix())
         .create_with_context(StageContext {
             events: Mutex::new(Vec::new()),
@@ -422,7 +429,7 @@ fn step<L: Logic>(
     out: &mut Vec<OutRecord>,
 ) -> Result<bool, RuntimeError> {
     let k = &shared.kafka;
-    let eos = k.exactly_once;
+    let eos = logic.transactional(shared);
     let interval = Duration::from_millis(k.commit_interval_ms);
     if shared.stopping() {
         commit(shared, logic, consumer, producer, s)?;
