@@ -61,7 +61,11 @@
 //!   its high watermark**. A replay from `S` cannot be at the high
 //!   watermark before it has read past the original cut point (which was
 //!   below the high watermark then, and the log only grows), so a replay
-//!   cuts there or later, never earlier;
+//!   cuts there or later, never earlier. (One offset below the high
+//!   watermark counts as read to it: the last offset of a partition written
+//!   in transactions is a marker the consumer never hands out. The commit
+//!   protocol below does not depend on this rule: it only keeps files large
+//!   and replays identical.);
 //! * at shutdown, after reading every partition to its high watermark.
 //!
 //! The protocol, per output partition, keeps one invariant: **objects exist
