@@ -14,8 +14,13 @@
 //! the bare consumer reads it (median of 3); then one `smsvoice` instance
 //! processes it with and without the Parquet archive (local directory),
 //! with the runtime's default settings except the topic names and
-//! `commit_interval_ms = 1000` (`[kafka] reread_offset_gaps` is left at its
-//! default, false). The smsvoice figure is input records divided by the
+//! `commit_interval_ms = 1000` and `workers` = the number of CPUs
+//! (`E2E_WORKERS` overrides), in three phases: at-least-once without and
+//! with the archive, exactly-once with the archive (`[kafka]
+//! reread_offset_gaps` is left at its default, false). After each phase the
+//! running pipeline's latency is probed: 20 fresh events produced one at a
+//! time, each timed until its enriched event is readable (`read_committed`
+//! in exactly-once mode); half of it is the latency per hop. The smsvoice figure is input records divided by the
 //! time from the first input record read to the last record processed by
 //! any stage, so every stage's work is inside it (group joins before the
 //! first record are not). Without the broker's jars it says how to install
@@ -83,19 +88,25 @@ fn main() {
     let bare_rate = n as f64 / bare[1];
     println!("bare rdkafka consumer:             {bare_rate:>9.0} records/s (median of 3)");
 
+    let workers: usize = std::env::var("E2E_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!("workers per busy stage ([kafka] workers): {workers}");
     let only_archive = std::env::var("E2E_PHASES").is_ok_and(|p| p == "archive");
-    for (label, archive) in [
-        ("smsvoice run, no archive:", false),
-        ("smsvoice run, Parquet archive:", true),
+    for (label, archive, eos) in [
+        ("at-least-once, no archive", false, false),
+        ("at-least-once, archive", true, false),
+        ("exactly-once, archive", true, true),
     ] {
-        if only_archive && !archive {
+        if only_archive && (!archive || eos) {
             continue;
         }
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let group = if archive {
-            "bench-archive"
-        } else {
-            "bench-plain"
+        let group = match (archive, eos) {
+            (false, _) => "bench-plain",
+            (true, false) => "bench-archive",
+            (true, true) => "bench-eos",
         };
         let archive_section = if archive {
             format!(
@@ -108,7 +119,7 @@ fn main() {
         let text = format!(
             "{EMBEDDED_DEFAULT}\n{archive_section}\n[kafka]\nbootstrap_servers = {bootstrap:?}\n\
              group_id = {group:?}\ninternal_prefix = \"{group}.internal.\"\npartitions = {PARTITIONS}\n\
-             commit_interval_ms = 1000\n\n[kafka.output_topics]\n\
+             commit_interval_ms = 1000\nexactly_once = {eos}\nworkers = {workers}\n\n[kafka.output_topics]\n\
              enriched_events = \"{group}.enriched-events\"\nenriched_inbound = \"{group}.enriched-inbound\"\n\
              optout_changelog = \"{group}.optout-changelog\"\nspend = \"{group}.spend\"\n\
              alarms = \"{group}.alarms\"\nreplies = \"{group}.replies\"\ndead_letters = \"{group}.dead-letters\"\n\n\
@@ -122,20 +133,91 @@ fn main() {
         let instance = Instance::start(cfg, None).unwrap_or_else(|e| panic!("start: {e}"));
         let m = instance.shared().metrics.clone();
         let secs = measure(&m, n as u64);
-        instance
-            .stop(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("stop: {e}"));
         let rate = n as f64 / secs;
+        let ratio = rate / bare_rate;
         println!(
-            "{label:<34} {rate:>9.0} records/s ({secs:.2} s; {:.2} of the bare consumer; {} forwarded events, {} partials)",
-            rate / bare_rate,
+            "smsvoice run, {label:<27} {rate:>9.0} records/s ({secs:.2} s; {ratio:.3} of the bare consumer; {} forwarded events, {} partials)",
             Metrics::get(&m.events),
             Metrics::get(&m.partials)
         );
+        println!(
+            "RESULT\tend to end, {label}, ratio to a bare consumer (same run, {bare_rate:.0} rec/s)\t{ratio:.3}\tx\t>= 0.5\t{}",
+            if ratio >= 0.5 { "met" } else { "missed" }
+        );
+        let (median, p90) = latency(&bootstrap, &format!("{group}.enriched-events"), eos);
+        println!(
+            "  latency input record -> enriched event (2 hops: router, message owner), idle pipeline, 20 probes: median {median:.0} ms, p90 {p90:.0} ms; per hop {:.0} ms (commit_interval_ms = 1000)",
+            median / 2.0
+        );
+        println!(
+            "RESULT\tlatency per hop, {label} (median of 20 probes / 2 hops)\t{:.0}\tms\t-\t-",
+            median / 2.0
+        );
+        instance
+            .stop(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("stop: {e}"));
         if archive {
             print_files(&dir.path().join("archive"));
         }
     }
+}
+
+/// Latency of the running pipeline: 20 probe events produced one at a time
+/// (a fresh messageId each, stamped now), each timed until its enriched
+/// event is readable on `enriched` (`read_committed` when `eos`). Returns
+/// the median and the 90th percentile in ms.
+fn latency(bootstrap: &str, enriched: &str, eos: bool) -> (f64, f64) {
+    use rdkafka::message::Message;
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let mut cfg = consumer_config(&KafkaConfig::new(bootstrap), "latency");
+    cfg.set(
+        "isolation.level",
+        if eos { "read_committed" } else { "read_uncommitted" },
+    );
+    let c: BaseConsumer = cfg.create().unwrap_or_else(|e| panic!("consumer: {e}"));
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(enriched, p, Offset::End)
+            .unwrap_or_else(|e| panic!("assign: {e}"));
+    }
+    c.assign(&tpl).unwrap_or_else(|e| panic!("assign: {e}"));
+    // Let the assignment settle at the end of the topic.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(2) {
+        let _ = c.poll(Duration::from_millis(50));
+    }
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        smsvoice::kafka::producer_config(&KafkaConfig::new(bootstrap), None)
+            .create()
+            .unwrap_or_else(|e| panic!("producer: {e}"));
+    let mut ms = Vec::new();
+    for i in 0..20 {
+        let now = chrono::Utc::now().timestamp_millis();
+        let id = format!("latency-probe-{now}-{i}");
+        let event = format!(
+            "{{\"eventType\":\"TEXT_DELIVERED\",\"eventVersion\":\"1.0\",\"eventTimestamp\":{now},\"isFinal\":true,\"originationPhoneNumber\":\"+12065550152\",\"destinationPhoneNumber\":\"+14255550182\",\"messageId\":\"{id}\",\"messageRequestTimestamp\":{},\"totalMessagePrice\":0.00581}}",
+            now - 1000
+        );
+        let start = Instant::now();
+        producer
+            .send(BaseRecord::<[u8], [u8]>::to(INPUT).payload(event.as_bytes()))
+            .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+        let _ = producer.flush(Duration::from_secs(10));
+        loop {
+            match c.poll(Duration::from_millis(5)) {
+                Some(Ok(m)) if m.key() == Some(id.as_bytes()) => break,
+                Some(Err(e)) => panic!("consume: {e}"),
+                _ => assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "probe {id} not seen after 60 s"
+                ),
+            }
+        }
+        ms.push(start.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ms.sort_by(f64::total_cmp);
+    (ms[ms.len() / 2], ms[ms.len() * 9 / 10])
 }
 
 /// Files, rows and sizes per archive table.

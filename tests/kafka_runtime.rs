@@ -823,7 +823,7 @@ fn exactly_once_survives_sigkills_and_a_zombie() {
             "eos",
             &archive,
             true,
-            "transaction_timeout_ms = 10000\n",
+            "transaction_timeout_ms = 10000\nworkers = 2\n",
             "\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
         ),
     )

@@ -134,6 +134,15 @@ pub struct KafkaConfig {
     /// rejected.
     #[serde(default)]
     pub internal_retention_ms: Option<u64>,
+    /// Workers (threads, each its own consumer in the stage's group, with
+    /// its own producer and state) of each of the two busy stages, the
+    /// router and the message owners: Kafka shares a stage's partitions out
+    /// among its workers, so they run in parallel with nothing shared on
+    /// the per-record path. The other stages have one. A stage cannot use
+    /// more workers than its topics have partitions (the others idle).
+    /// Default 1; set it to the number of cores the instance may use.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
 }
 
 /// `[kafka.input_topics]`. A topic may appear in both lists: it then carries
@@ -225,6 +234,7 @@ impl KafkaConfig {
             commit_interval_ms: default_commit_interval_ms(),
             reread_offset_gaps: false,
             internal_retention_ms: None,
+            workers: default_workers(),
         }
     }
 
@@ -270,6 +280,12 @@ impl KafkaConfig {
         }
         if self.commit_interval_ms == 0 {
             return Err("kafka.commit_interval_ms must be at least 1".into());
+        }
+        if !(1..=64).contains(&self.workers) {
+            return Err(format!(
+                "kafka.workers must be between 1 and 64, not {}",
+                self.workers
+            ));
         }
         if self.max_in_flight_records == 0 {
             return Err("kafka.max_in_flight_records must be at least 1".into());
@@ -336,6 +352,9 @@ fn default_shutdown_grace_ms() -> u64 {
 }
 fn default_transaction_timeout_ms() -> u64 {
     60_000
+}
+fn default_workers() -> usize {
+    1
 }
 fn default_max_in_flight_records() -> usize {
     100_000

@@ -2,6 +2,7 @@
 //! is taken over (restored from its committed position) and how the work
 //! since the last commit is rewound.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -9,9 +10,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::produce::{send, DeliveryContext};
+use super::produce::{send, DeliveryContext, QueueFullWait, EPOCHS};
 use super::retry::in_place;
-use super::stage::{kafka, Logic, LoopState, StageContext, CALL_TIMEOUT};
+use super::stage::{kafka, Logic, LoopState, PendingCommit, StageContext, CALL_TIMEOUT};
 use super::{RuntimeError, Shared};
 use crate::kafka::ClientError;
 
@@ -131,6 +132,10 @@ pub(super) fn rewind<L: Logic>(
     }
     s.next.clear();
     s.reads = 0;
+    // Nothing of the aborted work is committed; stray reports of its
+    // records only count down slots of epochs that no longer exist.
+    s.pending.clear();
+    s.epoch += 1;
     let owned: Vec<(String, i32)> = s.owned.keys().cloned().collect();
     if owned.is_empty() {
         return Ok(());
@@ -171,16 +176,25 @@ pub(super) fn commit<L: Logic>(
     consumer: &BaseConsumer<StageContext>,
     producer: &ThreadedProducer<DeliveryContext>,
     s: &mut LoopState,
+    last: bool,
 ) -> Result<(), RuntimeError> {
     s.last_commit = Instant::now();
+    let stage = logic.name();
     if s.next.is_empty() && !s.in_txn {
+        if last && !s.pending.is_empty() {
+            in_place(shared, stage, "flush producer", || {
+                producer
+                    .flush(CALL_TIMEOUT)
+                    .map_err(|e| kafka("flush producer", e))
+            })?;
+            return drain(shared, stage, consumer, producer, s, Wait::All);
+        }
         return Ok(());
     }
-    let stage = logic.name();
     let mut coalesced = Vec::new();
     logic.before_commit(shared, &mut coalesced);
     for o in coalesced {
-        send(shared, consumer, producer, o)?;
+        send(shared, consumer, producer, o, s.epoch)?;
     }
     let mut tpl = TopicPartitionList::new();
     for ((t, p), o) in &s.next {
@@ -206,44 +220,154 @@ pub(super) fn commit<L: Logic>(
         })?;
         s.in_txn = false;
     } else {
-        in_place(shared, stage, "flush producer", || {
-            producer
-                .flush(CALL_TIMEOUT)
-                .map_err(|e| kafka("flush producer", e))
-        })?;
-        let ctx = producer.context();
-        if ctx.failed.swap(0, Ordering::Relaxed) > 0 {
-            let first = ctx
-                .first_error
-                .lock()
-                .ok()
-                .and_then(|mut f| f.take())
-                .unwrap_or_default();
-            return Err(RuntimeError::Kafka(ClientError::Delivery(first)));
-        }
-        if tpl.count() > 0 {
-            let committed = in_place(shared, stage, "commit offsets", || {
-                consumer
-                    .commit(&tpl, CommitMode::Sync)
-                    .map_err(|e| kafka("commit offsets", e))
+        // At-least-once: the epoch closes with the offsets it covers and the
+        // loop goes on reading; they are committed once every record of the
+        // epoch is acknowledged ([`drain`]). The last commit point (a stop)
+        // flushes and waits for all of them.
+        if !s.next.is_empty() {
+            s.pending.push_back(PendingCommit {
+                epoch: s.epoch,
+                offsets: std::mem::take(&mut s.next),
+                reads: s.reads,
             });
-            match committed {
-                Err(e) if e.is_rebalance() => {
-                    tracing::info!(
-                        stage,
-                        error = %e,
-                        "offset commit left for the next commit point: the group is rebalancing"
-                    );
-                    s.reads = 0;
-                    return Ok(());
-                }
-                r => r?,
-            }
         }
+        s.epoch += 1;
+        s.reads = 0;
+        if last {
+            in_place(shared, stage, "flush producer", || {
+                producer
+                    .flush(CALL_TIMEOUT)
+                    .map_err(|e| kafka("flush producer", e))
+            })?;
+        }
+        let wait = if last {
+            Wait::All
+        } else {
+            Wait::Bounded {
+                // An epoch's slot is reused only once the epoch is committed.
+                epochs: EPOCHS - 2,
+                reads: shared.kafka.max_in_flight_records,
+            }
+        };
+        return drain(shared, stage, consumer, producer, s, wait);
     }
     s.rewinds = 0;
     s.next.clear();
     s.reads = 0;
+    shared.metrics.commits.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// How long [`drain`] waits for acknowledgements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Not at all: commit what is acknowledged.
+    No,
+    /// Until at most `epochs` epochs with at most `reads` input records in
+    /// all are left waiting (memory stays bounded by
+    /// `max_in_flight_records`, the consumer paused beyond it).
+    Bounded {
+        /// Epochs.
+        epochs: usize,
+        /// Input records.
+        reads: usize,
+    },
+    /// Until every epoch is committed (a stop): the commit is synchronous.
+    All,
+}
+
+/// At-least-once: commits the offsets of the oldest closed epochs whose
+/// records are all acknowledged (merged into one commit: offsets only grow),
+/// in order, stopping at the first epoch still waiting. With a [`Wait`] it
+/// first waits, pausing the consumer and polling it meanwhile
+/// ([`QueueFullWait`]), while more is waiting than it allows. Commits are
+/// asynchronous except the last (a failed asynchronous commit is superseded
+/// by the next one). A failed delivery voids every epoch not yet committed:
+/// the error is `Abort` class, and the stage rewinds to the last commit.
+pub(super) fn drain(
+    shared: &Shared,
+    stage: &'static str,
+    consumer: &BaseConsumer<StageContext>,
+    producer: &ThreadedProducer<DeliveryContext>,
+    s: &mut LoopState,
+    wait_for: Wait,
+) -> Result<(), RuntimeError> {
+    let ctx = producer.context();
+    let mut ready: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut last_done = 0;
+    let mut wait: Option<QueueFullWait> = None;
+    let result = loop {
+        let Some(front) = s.pending.front() else {
+            break Ok(());
+        };
+        if ctx.outstanding(front.epoch) > 0 {
+            let too_much = match wait_for {
+                Wait::No => false,
+                Wait::All => true,
+                Wait::Bounded { epochs, reads } => {
+                    s.pending.len() > epochs
+                        || s.pending.iter().map(|p| p.reads).sum::<usize>() > reads
+                }
+            };
+            if !too_much {
+                break Ok(());
+            }
+            let w = wait.get_or_insert_with(QueueFullWait::new);
+            if let Err(e) = w.tick(shared, consumer) {
+                break Err(e);
+            }
+            continue;
+        }
+        if let Some(first) = ctx.take_failure() {
+            s.pending.clear();
+            break Err(RuntimeError::Kafka(ClientError::Delivery(first)));
+        }
+        if let Some(done) = s.pending.pop_front() {
+            last_done = done.epoch;
+            ready.extend(done.offsets);
+        }
+    };
+    if let Some(w) = wait {
+        w.finish(consumer);
+    }
+    result?;
+    if ready.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in &ready {
+        tpl.add_partition(t, *p)
+            .set_offset(Offset::Offset(*o))
+            .map_err(|e| kafka("commit", e))?;
+    }
+    let mode = if wait_for == Wait::All {
+        CommitMode::Sync
+    } else {
+        CommitMode::Async
+    };
+    let committed = in_place(shared, stage, "commit offsets", || {
+        consumer
+            .commit(&tpl, mode)
+            .map_err(|e| kafka("commit offsets", e))
+    });
+    match committed {
+        Err(e) if e.is_rebalance() => {
+            tracing::info!(
+                stage,
+                error = %e,
+                "offset commit left for the next commit point: the group is rebalancing"
+            );
+            // Put them back: the next drain commits them with what follows.
+            s.pending.push_front(PendingCommit {
+                epoch: last_done,
+                offsets: ready,
+                reads: 0,
+            });
+            return Ok(());
+        }
+        r => r?,
+    }
+    s.rewinds = 0;
     shared.metrics.commits.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }

@@ -462,18 +462,18 @@ impl Instance {
             let s = shared.clone();
             threads.push(spawn("replica", Box::new(move || view::run(&s)))?);
         }
-        {
+        for w in 0..shared.kafka.workers {
             let s = shared.clone();
             threads.push(spawn(
                 "router",
-                Box::new(move || stage::run(&s, router::Router::new(&s))),
+                Box::new(move || stage::run_worker(&s, router::Router::new(&s), w)),
             )?);
-        }
-        {
             let s = shared.clone();
             threads.push(spawn(
                 "messages",
-                Box::new(move || stage::run(&s, message_owner::MessageStage::new(&s))),
+                Box::new(move || {
+                    stage::run_worker(&s, message_owner::MessageStage::new(&s), w)
+                }),
             )?);
         }
         {

@@ -2,12 +2,13 @@
 //!
 //! * **Commit points** every `commit_interval_ms`, or when
 //!   `max_in_flight_records` records were read since the last one, or at
-//!   shutdown. At a commit point the stage (1) makes its outputs durable,
-//!   (2) commits the next offset of every partition it read. In
-//!   at-least-once mode (1) is a producer flush whose every delivery report
-//!   must be a success, and (2) a synchronous offset commit; with `exactly_once` the outputs and the
-//!   offsets are one Kafka transaction (`send_offsets_to_transaction` with
-//!   the consumer's group metadata, so a fenced zombie cannot commit).
+//!   shutdown. A transactional stage (every stage with `exactly_once`; see
+//!   [`Logic::transactional`]) commits one Kafka transaction holding the
+//!   outputs and the offsets (`send_offsets_to_transaction` with the
+//!   consumer's group metadata, so a fenced zombie cannot commit). An
+//!   at-least-once stage closes its *delivery epoch* and goes on reading:
+//!   the epoch's offsets are committed once every record produced in it is
+//!   acknowledged ([`super::produce`], `commit::drain`), with no flush.
 //! * **Assignment** (cooperative rebalancing): a newly assigned partition is
 //!   handed to [`Logic::assign`] with its committed offset before any of its
 //!   records is processed, so the stage rebuilds that partition's state from
@@ -50,7 +51,7 @@
 //!   were). A commit point is forced after `max_in_flight_records` reads.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -61,7 +62,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::commit::{commit, committed_offsets, rewind, take_retrying, MAX_REWINDS};
+use super::commit::{commit, committed_offsets, drain, rewind, take_retrying, Wait, MAX_REWINDS};
 use super::formats::FORMAT_HEADER;
 use super::gaps::{in_sequence, probe_stalls, GapProbe};
 use super::produce::{send, DeliveryContext};
@@ -272,11 +273,26 @@ impl ConsumerContext for StageContext {
 
 /// Runs a stage until shutdown, restarting it after failures that are not
 /// fatal (see the module documentation).
-pub fn run<L: Logic>(shared: &Shared, mut logic: L) -> Result<(), RuntimeError> {
+pub fn run<L: Logic>(shared: &Shared, logic: L) -> Result<(), RuntimeError> {
+    run_worker(shared, logic, 0)
+}
+
+/// [`run`] as worker `worker` of the stage: the workers of a stage are
+/// members of the same consumer group, so Kafka shares the partitions out
+/// among them and each processes its own with its own state, producer and
+/// thread (nothing is shared on the per-record path). Transactional ids
+/// are `group.stage.instance` for worker 0 and `group.stage.instance.wN`
+/// for worker N, stable across restarts, so a restarted worker fences its
+/// own zombie and nobody else's.
+pub fn run_worker<L: Logic>(
+    shared: &Shared,
+    mut logic: L,
+    worker: usize,
+) -> Result<(), RuntimeError> {
     let mut restarts = retry::Restarts::default();
     loop {
         let started = Instant::now();
-        let Err(e) = attempt(shared, &mut logic) else {
+        let Err(e) = attempt(shared, &mut logic, worker) else {
             return Ok(());
         };
         if shared.fatal_stop(logic.name(), &e) || e.class() == ErrorClass::Fatal {
@@ -304,7 +320,7 @@ pub(super) fn kafka(context: &str, e: KafkaError) -> RuntimeError {
 }
 
 /// One attempt: fresh clients, every partition restored on assignment.
-fn attempt<L: Logic>(shared: &Shared, logic: &mut L) -> Result<(), RuntimeError> {
+fn attempt<L: Logic>(shared: &Shared, logic: &mut L, worker: usize) -> Result<(), RuntimeError> {
     let k = &shared.kafka;
     let eos = logic.transactional(shared);
     let consumer: BaseConsumer<StageContext> = consumer_config(k, logic.group_suffix())
@@ -313,13 +329,18 @@ fn attempt<L: Logic>(shared: &Shared, logic: &mut L) -> Result<(), RuntimeError>
             watch: shared.watch(&format!("{} consumer", logic.name())),
         })
         .map_err(|e| kafka("create consumer", e))?;
-    let txn_id = eos.then(|| format!("{}.{}.{}", k.group_id, logic.name(), instance_id()));
+    let txn_id = eos.then(|| {
+        let id = format!("{}.{}.{}", k.group_id, logic.name(), instance_id());
+        if worker == 0 {
+            id
+        } else {
+            format!("{id}.w{worker}")
+        }
+    });
     let producer: ThreadedProducer<DeliveryContext> = producer_config(k, txn_id)
-        .create_with_context(DeliveryContext {
-            failed: AtomicU64::new(0),
-            first_error: Mutex::new(None),
-            watch: shared.watch(&format!("{} producer", logic.name())),
-        })
+        .create_with_context(DeliveryContext::new(
+            shared.watch(&format!("{} producer", logic.name())),
+        ))
         .map_err(|e| kafka("create producer", e))?;
     if eos {
         in_place(shared, logic.name(), "init transactions", || {
@@ -346,6 +367,8 @@ fn attempt<L: Logic>(shared: &Shared, logic: &mut L) -> Result<(), RuntimeError>
         rewinds: 0,
         in_events: false,
         poll_errors: PollErrors::default(),
+        epoch: 0,
+        pending: std::collections::VecDeque::new(),
     };
     let result = drive(shared, logic, &consumer, &producer, &mut s);
     if result.is_err() {
@@ -386,6 +409,26 @@ pub(super) struct LoopState {
     pub(super) in_events: bool,
     /// The consumer's poll errors.
     pub(super) poll_errors: PollErrors,
+    /// The current delivery epoch (see [`super::produce`]): what is sent
+    /// now is sent with its slot.
+    pub(super) epoch: u64,
+    /// At-least-once: the epochs closed by a commit point whose deliveries
+    /// are not all reported yet, oldest first, with the offsets each
+    /// covers (see `commit::drain`).
+    pub(super) pending: std::collections::VecDeque<PendingCommit>,
+}
+
+/// An epoch closed by a commit point: its offsets are committed once every
+/// record sent in it has been acknowledged.
+#[derive(Debug)]
+pub(super) struct PendingCommit {
+    /// The epoch.
+    pub(super) epoch: u64,
+    /// Next offset per partition, as of the commit point.
+    pub(super) offsets: BTreeMap<(String, i32), i64>,
+    /// Input records read in the epoch (they count against
+    /// `max_in_flight_records` until committed).
+    pub(super) reads: usize,
 }
 
 fn drive<L: Logic>(
@@ -432,7 +475,7 @@ fn step<L: Logic>(
     let eos = logic.transactional(shared);
     let interval = Duration::from_millis(k.commit_interval_ms);
     if shared.stopping() {
-        commit(shared, logic, consumer, producer, s)?;
+        commit(shared, logic, consumer, producer, s, true)?;
         return Ok(false);
     }
     let polled = consumer.poll(POLL);
@@ -458,7 +501,7 @@ fn step<L: Logic>(
                     s.in_txn = true;
                 }
                 for o in out.drain(..) {
-                    send(shared, consumer, producer, o)?;
+                    send(shared, consumer, producer, o, s.epoch)?;
                 }
             }
         }
@@ -478,7 +521,7 @@ fn step<L: Logic>(
                 let rec = InRecord::of(&m);
                 logic.process(shared, &rec, out)?;
                 for o in out.drain(..) {
-                    send(shared, consumer, producer, o)?;
+                    send(shared, consumer, producer, o, s.epoch)?;
                 }
                 s.next.insert(key, m.offset() + 1);
                 s.reads += 1;
@@ -489,7 +532,9 @@ fn step<L: Logic>(
     if (!s.next.is_empty() || s.in_txn)
         && (s.last_commit.elapsed() >= interval || s.reads >= k.max_in_flight_records)
     {
-        commit(shared, logic, consumer, producer, s)?;
+        commit(shared, logic, consumer, producer, s, false)?;
+    } else if !s.pending.is_empty() {
+        drain(shared, logic.name(), consumer, producer, s, Wait::No)?;
     }
     Ok(true)
 }
@@ -540,7 +585,14 @@ fn handle_events<L: Logic>(
         match ev {
             Event::Revoked(parts) => {
                 tracing::info!(stage = logic.name(), partitions = ?parts, "partitions revoked");
+                if !s.pending.is_empty() {
+                    // What is acknowledged is committed before it is given up.
+                    drain(shared, logic.name(), consumer, producer, s, Wait::No)?;
+                }
                 for (t, p) in &parts {
+                    for pc in s.pending.iter_mut() {
+                        pc.offsets.remove(&(t.clone(), *p));
+                    }
                     s.owned.remove(&(t.clone(), *p));
                     s.next.remove(&(t.clone(), *p));
                     s.expected.remove(&(t.clone(), *p));
