@@ -2,7 +2,7 @@
 //!
 //! It reads the public output topics the pipeline writes anyway (enriched
 //! events, enriched inbound messages, dead letters; its own consumer group
-//! `<group>.archive`, `read_committed` in exactly-once mode) and writes the
+//! `<group>.archive`, always `read_committed`) and writes the
 //! three archive tables, the Kafka Connect S3 sink way:
 //!
 //! * **Files by output position.** Per output partition, the records are
@@ -495,7 +495,13 @@ pub fn run(shared: &Shared) -> Result<(), RuntimeError> {
 
 fn attempt(shared: &Shared, store: &Arc<Store>) -> Result<(), RuntimeError> {
     let k = &shared.kafka;
-    let consumer: BaseConsumer<StageContext> = consumer_config(k, GROUP_SUFFIX)
+    // Always `read_committed`: in exactly-once mode for the guarantee, and
+    // in at-least-once mode too, where a stage may still write its outputs
+    // in transactions (a consumer of non-transactional topics reads the
+    // same either way).
+    let mut config = consumer_config(k, GROUP_SUFFIX);
+    config.set("isolation.level", "read_committed");
+    let consumer: BaseConsumer<StageContext> = config
         .create_with_context(StageContext {
             events: Mutex::new(Vec::new()),
             watch: shared.watch("archive consumer"),
@@ -603,9 +609,9 @@ impl Sink<'_> {
     }
 
     /// Whether `part` has been read to its high watermark ([`caught_up`]).
-    /// In exactly-once mode the last offset of a partition is usually a
+    /// The last offset of a partition written in transactions is usually a
     /// transaction marker, which the consumer never hands out: one below
-    /// the high watermark counts as read to it there. (A cut this could
+    /// the high watermark counts as read to it. (A cut this could
     /// make earlier on a replay is harmless: a segment's cut is recorded
     /// before any of its objects exists, and a recorded cut is replayed
     /// exactly; see the module documentation.)
@@ -615,7 +621,7 @@ impl Sink<'_> {
         part: &Part,
         position: Option<i64>,
     ) -> bool {
-        let slack = i64::from(self.shared.kafka.exactly_once && part.last.is_some());
+        let slack = i64::from(part.last.is_some());
         caught_up(
             consumer,
             &part.topic,
