@@ -70,6 +70,9 @@ const OPEN_START_MS: i64 = 1_761_782_400_000;
 /// Forwarded records per owner partition.
 type Parts = Vec<Vec<Vec<u8>>>;
 
+/// Changelog records (key, value: `None` a tombstone) per partition.
+type Changelog = Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>>;
+
 /// Routes `w`'s records read from 4 input partitions, their offsets
 /// continuing from `next` (one history of the same input topic).
 fn forward(w: &Workload, parts: &mut Parts, clock: &mut i64, next: &mut [i64; 4]) {
@@ -101,7 +104,7 @@ fn forward(w: &Workload, parts: &mut Parts, clock: &mut i64, next: &mut [i64; 4]
 struct Run {
     name: &'static str,
     owners: Vec<MessageOwner>,
-    changelog: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>>,
+    changelog: Changelog,
     through: Vec<i64>,
     secs: f64,
 }
@@ -336,7 +339,7 @@ fn create_compacted(io: &tokio::runtime::Runtime, kafka: &KafkaConfig, topic: &s
     std::thread::sleep(Duration::from_secs(1));
 }
 
-fn produce(kafka: &KafkaConfig, topic: &str, parts: &[Vec<(Vec<u8>, Option<Vec<u8>>)>]) -> usize {
+fn produce(kafka: &KafkaConfig, topic: &str, parts: &Changelog) -> usize {
     let p: ThreadedProducer<_> = producer_config(kafka, None)
         .create()
         .unwrap_or_else(|e| panic!("producer: {e}"));
