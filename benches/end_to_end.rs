@@ -172,7 +172,11 @@ fn latency(bootstrap: &str, enriched: &str, eos: bool) -> (f64, f64) {
     let mut cfg = consumer_config(&KafkaConfig::new(bootstrap), "latency");
     cfg.set(
         "isolation.level",
-        if eos { "read_committed" } else { "read_uncommitted" },
+        if eos {
+            "read_committed"
+        } else {
+            "read_uncommitted"
+        },
     );
     let c: BaseConsumer = cfg.create().unwrap_or_else(|e| panic!("consumer: {e}"));
     let mut tpl = TopicPartitionList::new();

@@ -167,8 +167,16 @@ fn message_owners_restore_from_the_changelog_and_read_only_the_tail() {
                 .unwrap_or_else(|| panic!("no {k} in {l:?}"))
         };
         assert!(n("changelog_records") > 0, "read from the changelog: {l:?}");
-        assert_eq!(n("tail_records"), 0, "nothing below the committed offset: {l:?}");
-        assert_eq!(l.get("from_start").map(String::as_str), Some("false"), "{l:?}");
+        assert_eq!(
+            n("tail_records"),
+            0,
+            "nothing below the committed offset: {l:?}"
+        );
+        assert_eq!(
+            l.get("from_start").map(String::as_str),
+            Some("false"),
+            "{l:?}"
+        );
         assert_eq!(l.get("through"), l.get("committed"), "{l:?}");
         parts.insert(n("partition"));
     }

@@ -27,8 +27,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use config::{default_help_response, default_start_response, default_stop_response, OptOutConfig};
 use crate::model::InboundMessage;
+use config::{default_help_response, default_start_response, default_stop_response, OptOutConfig};
 use keywords::{Classification, NumberKeywords};
 
 /// Name of the list every origination uses unless configured otherwise.

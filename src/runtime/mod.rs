@@ -471,9 +471,7 @@ impl Instance {
             let s = shared.clone();
             threads.push(spawn(
                 "messages",
-                Box::new(move || {
-                    stage::run_worker(&s, message_owner::MessageStage::new(&s), w)
-                }),
+                Box::new(move || stage::run_worker(&s, message_owner::MessageStage::new(&s), w)),
             )?);
         }
         {

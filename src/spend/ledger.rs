@@ -89,9 +89,9 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::spend::config::SpendConfig;
 use crate::model::{Channel, DeliveryEvent};
 use crate::money::Usd;
+use crate::spend::config::SpendConfig;
 
 use super::month::MonthKey;
 

@@ -6,9 +6,9 @@ use chrono::DateTime;
 use proptest::prelude::*;
 
 use super::*;
-use crate::spend::config::{AlarmConfig, Comparison, LimitConfig, SpendConfig};
 use crate::model::{Channel, DeliveryEvent};
 use crate::money::Usd;
+use crate::spend::config::{AlarmConfig, Comparison, LimitConfig, SpendConfig};
 
 fn usd(s: &str) -> Usd {
     Usd::parse_exact(s).expect(s)
