@@ -173,72 +173,61 @@ impl Usd {
     /// Writes the shortest exact decimal right-aligned into `buf`; returns
     /// where it starts.
     fn digits(self, buf: &mut [u8; 48]) -> usize {
-        let mut pos = buf.len();
         let abs = self.0.unsigned_abs();
         // Common amounts fit 64 bits: no 128-bit division.
-        if let Ok(abs) = u64::try_from(abs) {
-            let scale = Self::SCALE as u64;
-            let mut int = abs / scale;
-            let mut frac = abs % scale;
-            if frac != 0 {
-                let mut width = SCALE_DIGITS;
-                while frac.is_multiple_of(10) {
-                    frac /= 10;
-                    width -= 1;
-                }
-                for _ in 0..width {
-                    pos -= 1;
-                    buf[pos] = b'0' + (frac % 10) as u8;
-                    frac /= 10;
-                }
-                pos -= 1;
-                buf[pos] = b'.';
-            }
-            loop {
-                pos -= 1;
-                buf[pos] = b'0' + (int % 10) as u8;
-                int /= 10;
-                if int == 0 {
-                    break;
-                }
-            }
-            if self.0 < 0 {
-                pos -= 1;
-                buf[pos] = b'-';
-            }
-            return pos;
-        }
-        let scale = Self::SCALE as u128;
-        let mut int = abs / scale;
-        let mut frac = abs % scale;
-        if frac != 0 {
-            let mut width = SCALE_DIGITS;
-            while frac.is_multiple_of(10) {
-                frac /= 10;
-                width -= 1;
-            }
-            for _ in 0..width {
-                pos -= 1;
-                buf[pos] = b'0' + (frac % 10) as u8;
-                frac /= 10;
-            }
-            pos -= 1;
-            buf[pos] = b'.';
-        }
-        loop {
-            pos -= 1;
-            buf[pos] = b'0' + (int % 10) as u8;
-            int /= 10;
-            if int == 0 {
-                break;
-            }
-        }
+        let pos = match u64::try_from(abs) {
+            Ok(abs) => write_unsigned(abs, Self::SCALE as u64, buf),
+            Err(_) => write_unsigned(abs, Self::SCALE as u128, buf),
+        };
         if self.0 < 0 {
-            pos -= 1;
-            buf[pos] = b'-';
+            buf[pos - 1] = b'-';
+            return pos - 1;
         }
         pos
     }
+}
+
+/// Writes `abs / scale` as the shortest exact decimal (`scale` =
+/// 10^[`SCALE_DIGITS`]) right-aligned into `buf`; returns where it starts.
+/// Generic so the common 64-bit amounts avoid 128-bit division.
+fn write_unsigned<T>(abs: T, scale: T, buf: &mut [u8; 48]) -> usize
+where
+    T: Copy
+        + PartialEq
+        + From<u8>
+        + TryInto<u8>
+        + std::ops::Div<Output = T>
+        + std::ops::Rem<Output = T>,
+{
+    let zero = T::from(0);
+    let ten = T::from(10);
+    let digit = |v: T| b'0' + (v % ten).try_into().unwrap_or(0);
+    let mut pos = buf.len();
+    let mut int = abs / scale;
+    let mut frac = abs % scale;
+    if frac != zero {
+        let mut width = SCALE_DIGITS;
+        while frac % ten == zero {
+            frac = frac / ten;
+            width -= 1;
+        }
+        for _ in 0..width {
+            pos -= 1;
+            buf[pos] = digit(frac);
+            frac = frac / ten;
+        }
+        pos -= 1;
+        buf[pos] = b'.';
+    }
+    loop {
+        pos -= 1;
+        buf[pos] = digit(int);
+        int = int / ten;
+        if int == zero {
+            break;
+        }
+    }
+    pos
 }
 
 impl fmt::Display for Usd {

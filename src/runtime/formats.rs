@@ -86,31 +86,8 @@ impl Format {
     /// (empty value), an error for a newer format version or a value that
     /// does not decode (see the module documentation).
     pub fn decode<T: DeserializeOwned>(self, rec: &InRecord<'_>) -> Result<Option<T>, RecordError> {
-        let version = match rec.format {
-            None => 0,
-            Some(raw) => std::str::from_utf8(raw)
-                .ok()
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                .ok_or_else(|| {
-                    self.unreadable(
-                        rec,
-                        format!(
-                            "header {FORMAT_HEADER} is {:?}, not a version number",
-                            String::from_utf8_lossy(raw)
-                        ),
-                    )
-                })?,
-        };
-        if version > self.current() {
-            return Err(RecordError::Newer {
-                what: self.what(),
-                topic: rec.topic.to_owned(),
-                partition: rec.partition,
-                offset: rec.offset,
-                found: version,
-                supported: self.current(),
-            });
-        }
+        // No header (version 0) and version 1 share one layout; newer is refused.
+        self.version(rec)?;
         if rec.value.is_empty() {
             return Ok(None);
         }
@@ -124,8 +101,20 @@ impl Format {
     /// required: there is no unversioned form) and returns its value:
     /// `Ok(None)` for a tombstone (empty value).
     pub fn check<'a>(self, rec: &InRecord<'a>) -> Result<Option<&'a [u8]>, RecordError> {
-        let Some(raw) = rec.format else {
+        let Some(version) = self.version(rec)? else {
             return Err(self.unreadable(rec, format!("no {FORMAT_HEADER} header")));
+        };
+        if version == 0 {
+            return Err(self.unreadable(rec, "format version 0".into()));
+        }
+        Ok((!rec.value.is_empty()).then_some(rec.value))
+    }
+
+    /// The version in the record's [`FORMAT_HEADER`] (`None`: no header),
+    /// checked to be one this build reads.
+    fn version(self, rec: &InRecord<'_>) -> Result<Option<u32>, RecordError> {
+        let Some(raw) = rec.format else {
+            return Ok(None);
         };
         let version = std::str::from_utf8(raw)
             .ok()
@@ -149,10 +138,7 @@ impl Format {
                 supported: self.current(),
             });
         }
-        if version == 0 {
-            return Err(self.unreadable(rec, "format version 0".into()));
-        }
-        Ok((!rec.value.is_empty()).then_some(rec.value))
+        Ok(Some(version))
     }
 
     /// The error for a record of this format that does not decode.
