@@ -1,12 +1,15 @@
-//! Message owners restore from their compacted state changelog, not from
-//! history: `smsvoice run` against Apache Kafka on loopback (installed by
+//! Owners restore from compacted state, not from history: `smsvoice run`
+//! against Apache Kafka on loopback (installed by
 //! `scripts/install-kafka.sh`), at least once. Instance `a` processes the
 //! first half of a generated stream and is SIGKILLed; instance `b`, a
 //! fresh process, takes over every partition: each message owner must
 //! restore from `message-state` (records read there, none of
 //! `events-by-message` below the committed offset, no replay from the
-//! start), and spend must still equal the generator's truth once the
-//! second half and a repeat of the first records are processed.
+//! start), each opt-out owner from the opt-out changelog (together exactly
+//! the changelog's entries as this test reads them, each partition its
+//! share), and spend and the opt-out table must still equal the generator's
+//! truth once the second half and a repeat of the first records are
+//! processed.
 
 mod support;
 
@@ -20,10 +23,48 @@ use smsvoice::generate::{generate, Workload};
 use smsvoice::kafka::{ensure_topics, KafkaConfig, TopicSpec};
 
 use support::kafka::{consume_all, kafka_or_skip, produce_all, KafkaBroker};
-use support::outputs::{expected_spend, spend_of};
+use support::outputs::{expected_spend, latest, optout_table, spend_of};
 
 const INPUT: &str = "restore-events";
 const PARTITIONS: i32 = 4;
+const INBOUND: &str = "smsvoice.internal.inbound-by-number";
+
+/// FNV-1a (64-bit) of `key` modulo `partitions`, written out here: the
+/// partition the router must send a customer's inbound messages to, and by
+/// which an opt-out owner picks its entries out of the changelog.
+fn fnv_partition(key: &[u8], partitions: i32) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % partitions as u64) as i32
+}
+
+/// How many partitions of `topic` have an offset committed by `group`.
+fn committed_partitions(bootstrap: &str, group: &str, topic: &str) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = match rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+    {
+        Ok(c) => c,
+        Err(_) => return 0,
+    };
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    c.committed_offsets(tpl, Duration::from_secs(5))
+        .map(|t| {
+            t.elements()
+                .iter()
+                .filter(|e| matches!(e.offset(), rdkafka::Offset::Offset(_)))
+                .count()
+        })
+        .unwrap_or(0)
+}
 
 fn start(config: &Path, name: &str, dir: &Path) -> (Child, PathBuf) {
     let log = dir.join(format!("{name}.log"));
@@ -55,12 +96,12 @@ fn wait_until(timeout: Duration, mut check: impl FnMut() -> Option<String>, log:
     }
 }
 
-/// The `key=value` fields of the `message owner state restored` lines.
-fn restores(log: &Path) -> Vec<BTreeMap<String, String>> {
+/// The `key=value` fields of the log lines containing `what`.
+fn restores(log: &Path, what: &str) -> Vec<BTreeMap<String, String>> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("message owner state restored"))
+        .filter(|l| l.contains(what))
         .map(|l| {
             l.split_whitespace()
                 .filter_map(|w| w.split_once('='))
@@ -71,7 +112,7 @@ fn restores(log: &Path) -> Vec<BTreeMap<String, String>> {
 }
 
 #[test]
-fn message_owners_restore_from_the_changelog_and_read_only_the_tail() {
+fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
     if !kafka_or_skip("message owners restore from the changelog") {
         return;
     }
@@ -131,8 +172,47 @@ fn message_owners_restore_from_the_changelog_and_read_only_the_tail() {
         },
         &log_a,
     );
+    // Every opt-out owner partition has committed (so each restores).
+    wait_until(
+        Duration::from_secs(120),
+        || {
+            let n = committed_partitions(&bootstrap, "restore.optouts", INBOUND);
+            (n < PARTITIONS as usize).then(|| format!("{n} opt-out partitions committed"))
+        },
+        &log_a,
+    );
     a.kill().expect("SIGKILL");
     a.wait().expect("wait");
+    // The opt-out table as a left it, read independently of smsvoice.
+    let optouts_at_kill = latest(&consume_all(
+        &bootstrap,
+        "smsvoice.optout-changelog",
+        usize::MAX,
+        Duration::from_secs(3),
+        false,
+    ));
+    assert!(
+        !optouts_at_kill.is_empty(),
+        "a decided opt-outs before it was killed"
+    );
+    let inbound = consume_all(
+        &bootstrap,
+        INBOUND,
+        usize::MAX,
+        Duration::from_secs(3),
+        false,
+    );
+    assert!(!inbound.is_empty());
+    for r in &inbound {
+        let key = r.2.as_deref().unwrap_or_default();
+        assert_eq!(
+            r.0,
+            fnv_partition(key, PARTITIONS),
+            "inbound for {} on partition {}",
+            String::from_utf8_lossy(key),
+            r.0
+        );
+    }
     produce_all(&bootstrap, INPUT, PARTITIONS, &records[half..]);
     // A repeat of the first records (a router replay): deduplicated against
     // the restored ledgers.
@@ -158,7 +238,45 @@ fn message_owners_restore_from_the_changelog_and_read_only_the_tail() {
         },
         &log_b,
     );
-    let lines = restores(&log_b);
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            let got = optout_table(&consume_all(
+                &bootstrap,
+                "smsvoice.optout-changelog",
+                usize::MAX,
+                Duration::from_secs(3),
+                false,
+            ));
+            (got != g.truth.optouts)
+                .then(|| format!("opt-outs {got:?}\nwant {:?}", g.truth.optouts))
+        },
+        &log_b,
+    );
+    // b's opt-out owners restored, between them, every entry a left, each
+    // partition once (its first assignment; b is alone).
+    let optout_lines = restores(&log_b, "opt-out owner state restored");
+    let mut first: BTreeMap<u64, u64> = BTreeMap::new();
+    for l in &optout_lines {
+        let n = |k: &str| -> u64 {
+            l.get(k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k} in {l:?}"))
+        };
+        first.entry(n("partition")).or_insert(n("entries"));
+    }
+    assert_eq!(first.len(), PARTITIONS as usize, "{optout_lines:?}");
+    assert_eq!(
+        first.values().sum::<u64>(),
+        optouts_at_kill.len() as u64,
+        "entries restored per partition {first:?}, changelog keys {}",
+        optouts_at_kill.len()
+    );
+    assert!(
+        first.values().filter(|&&e| e > 0).count() > 1,
+        "entries spread over partitions: {first:?}"
+    );
+    let lines = restores(&log_b, "message owner state restored");
     let mut parts = std::collections::BTreeSet::new();
     for l in &lines {
         let n = |k: &str| -> u64 {

@@ -64,10 +64,10 @@ pub const MESSAGE_STATE: &str = "message-state";
 pub const MIN_INTERNAL_RETENTION_MS: u64 = 7 * 86_400_000;
 
 /// Every topic the pipeline writes, for `cfg`: the outputs, then the internal
-/// topics `{internal_prefix}events-by-message` (repartitioning, with a
-/// finite retention: [`KafkaConfig::internal_retention`]; its owners
-/// restore from `message-state`), `inbound-by-number` (repartitioning;
-/// kept forever: its owners rebuild state by replaying it),
+/// topics `{internal_prefix}events-by-message` and `inbound-by-number`
+/// (repartitioning, with a finite retention:
+/// [`KafkaConfig::internal_retention`]; their owners restore from
+/// `message-state` and from the opt-out changelog),
 /// `spend-partials` and `message-state` (state changelogs, compacted). Each
 /// has `cfg.partitions` partitions (`message-state`: that of
 /// `events-by-message` when it exists, see [`ensure_topics`]).
@@ -89,10 +89,7 @@ pub fn all_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
         spec(&o.replies, false),
         spec(&o.dead_letters, false),
         internal(EVENTS_BY_MESSAGE, false),
-        TopicSpec {
-            retain_forever: true,
-            ..internal(INBOUND_BY_NUMBER, false)
-        },
+        internal(INBOUND_BY_NUMBER, false),
         internal(SPEND_PARTIALS, true),
         internal(MESSAGE_STATE, true),
     ]
@@ -101,17 +98,24 @@ pub fn all_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
 /// The topic configs `spec` is created with (for `cfg`):
 /// `cleanup.policy=compact` for a compacted topic, `retention.ms=-1` for
 /// one kept forever, and `retention.ms` = [`KafkaConfig::internal_retention`]
-/// for `events-by-message`.
+/// for the repartitioning topics `events-by-message` and
+/// `inbound-by-number`.
 pub fn topic_configs(cfg: &KafkaConfig, spec: &TopicSpec) -> Vec<(&'static str, String)> {
     if spec.compacted {
         vec![("cleanup.policy", "compact".into())]
     } else if spec.retain_forever {
         vec![("retention.ms", "-1".into())]
-    } else if spec.name == cfg.internal_topic(EVENTS_BY_MESSAGE) {
+    } else if is_repartitioning(cfg, &spec.name) {
         vec![("retention.ms", cfg.internal_retention().to_string())]
     } else {
         Vec::new()
     }
+}
+
+/// Whether `name` is one of the repartitioning topics, kept only for
+/// [`KafkaConfig::internal_retention`].
+fn is_repartitioning(cfg: &KafkaConfig, name: &str) -> bool {
+    name == cfg.internal_topic(EVENTS_BY_MESSAGE) || name == cfg.internal_topic(INBOUND_BY_NUMBER)
 }
 
 /// `specs` with `message-state` given the partition count of an existing
@@ -312,7 +316,10 @@ fn judge(r: TopicResult, attempt: &[TopicSpec], without_configs: &[String]) -> O
         Err((name, code)) => {
             let configured = attempt.iter().any(|s| {
                 s.name == name
-                    && (s.compacted || s.retain_forever || s.name.contains(EVENTS_BY_MESSAGE))
+                    && (s.compacted
+                        || s.retain_forever
+                        || s.name.contains(EVENTS_BY_MESSAGE)
+                        || s.name.contains(INBOUND_BY_NUMBER))
             });
             if configured && !without_configs.contains(&name) {
                 Outcome::RetryWithoutConfigs(name, code)
@@ -435,13 +442,14 @@ async fn wait_until_ready(admin: Arc<Admin>, specs: &[TopicSpec]) -> Result<(), 
     }
 }
 
-/// Logs a warning for an existing `events-by-message` topic whose
-/// retention is longer than [`KafkaConfig::internal_retention`] (a topic
-/// created by a release that restored message owners by replaying it keeps
-/// every record for ever, message bodies and numbers included). It is not
-/// altered: until every message owner has committed once with this release
-/// (its `message-state` partition then holds its state), a restore still
-/// replays the topic from its start. Best effort: a broker that cannot
+/// Logs a warning for an existing repartitioning topic (`events-by-message`,
+/// `inbound-by-number`) whose retention is longer than
+/// [`KafkaConfig::internal_retention`] (a topic created by a release that
+/// restored its owners by replaying it keeps every record for ever, message
+/// bodies and numbers included). It is not altered: until every message
+/// owner has committed once with this release (its `message-state`
+/// partition then holds its state), a restore still replays
+/// `events-by-message` from its start. Best effort: a broker that cannot
 /// describe configs is not checked.
 async fn warn_unbounded_retention(
     admin: &Admin,
@@ -449,32 +457,35 @@ async fn warn_unbounded_retention(
     specs: &[TopicSpec],
     present: &BTreeMap<String, i32>,
 ) {
-    let name = cfg.internal_topic(EVENTS_BY_MESSAGE);
-    if !present.contains_key(&name) || !specs.iter().any(|s| s.name == name) {
-        return;
-    }
     let want = cfg.internal_retention();
-    let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
-    let resources = [ResourceSpecifier::Topic(&name)];
-    let Ok(results) = admin.describe_configs(resources.iter(), &opts).await else {
-        return;
-    };
-    let Some(Ok(res)) = results.into_iter().next() else {
-        return;
-    };
-    let retention: Option<i64> = res
-        .get("retention.ms")
-        .and_then(|e| e.value.as_deref())
-        .and_then(|v| v.parse().ok());
-    if let Some(r) = retention.filter(|&r| r < 0 || r > want) {
-        tracing::warn!(
-            topic = %name,
-            retention_ms = r,
-            internal_retention_ms = want,
-            "internal topic keeps records longer than kafka.internal_retention_ms; once every \
-             message owner has logged 'message owner state restored' or committed with this \
-             release, lower it with kafka-configs.sh --alter --add-config retention.ms=..."
-        );
+    for suffix in [EVENTS_BY_MESSAGE, INBOUND_BY_NUMBER] {
+        let name = cfg.internal_topic(suffix);
+        if !present.contains_key(&name) || !specs.iter().any(|s| s.name == name) {
+            continue;
+        }
+        let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+        let resources = [ResourceSpecifier::Topic(&name)];
+        let Ok(results) = admin.describe_configs(resources.iter(), &opts).await else {
+            return;
+        };
+        let Some(Ok(res)) = results.into_iter().next() else {
+            continue;
+        };
+        let retention: Option<i64> = res
+            .get("retention.ms")
+            .and_then(|e| e.value.as_deref())
+            .and_then(|v| v.parse().ok());
+        if let Some(r) = retention.filter(|&r| r < 0 || r > want) {
+            tracing::warn!(
+                topic = %name,
+                retention_ms = r,
+                internal_retention_ms = want,
+                "internal topic keeps records longer than kafka.internal_retention_ms; once its \
+                 owners have logged 'message owner state restored' or 'opt-out owner state \
+                 restored' with this release, lower it with kafka-configs.sh --alter \
+                 --add-config retention.ms=..."
+            );
+        }
     }
 }
 
@@ -556,21 +567,21 @@ mod tests {
                 "smsvoice.internal.message-state"
             ]
         );
-        let forever: Vec<&str> = t
-            .iter()
-            .filter(|s| s.retain_forever)
-            .map(|s| s.name.as_str())
-            .collect();
-        assert_eq!(forever, ["smsvoice.internal.inbound-by-number"]);
+        assert!(t.iter().all(|s| !s.retain_forever), "nothing kept for ever");
         assert!(t.iter().all(|s| s.partitions == 6));
         let configs = |name: &str| {
             let s = t.iter().find(|s| s.name == name).expect("listed");
             topic_configs(&cfg, s)
         };
-        assert_eq!(
-            configs("smsvoice.internal.events-by-message"),
-            [("retention.ms", "604800000".to_owned())]
-        );
+        for repartitioning in [
+            "smsvoice.internal.events-by-message",
+            "smsvoice.internal.inbound-by-number",
+        ] {
+            assert_eq!(
+                configs(repartitioning),
+                [("retention.ms", "604800000".to_owned())]
+            );
+        }
         assert_eq!(
             configs("smsvoice.internal.message-state"),
             [("cleanup.policy", "compact".to_owned())]

@@ -1,9 +1,30 @@
 //! Stage 2b in Kafka: the owners of the partitions of `inbound-by-number`.
 //!
 //! Per owned partition, an [`OptOutOwner`] (keyword rules, last-writer-wins
-//! state of its customers). State restore: like the message owners, the
-//! partition is replayed from offset 0 to the committed offset with outputs
-//! discarded (`retention.ms=-1`).
+//! state of its customers).
+//!
+//! **State restore reads the opt-out changelog, not history.** The router
+//! sends a customer's inbound messages to partition
+//! [`partition_of`]`(number)` of `inbound-by-number`, and every change the
+//! owner of that partition decides is a full entry (list, number, state, the
+//! receive time and inbound message id that decided it) in the compacted
+//! opt-out changelog, committed with the input offsets (in the transaction
+//! in exactly-once mode, after its acknowledgement in at-least-once mode).
+//! So the entries of partition p's customers are the latest changelog
+//! records (every changelog partition, read to its end) whose number maps to
+//! p: the engine rebuilt from them decides exactly as the one that wrote
+//! them. Cost: one read of the opt-out table, whatever the age of the
+//! deployment; `inbound-by-number` keeps its records only for
+//! `[kafka] internal_retention_ms`.
+//!
+//! In at-least-once mode the changelog can be ahead of the committed offset
+//! (outputs acknowledged, offsets not yet committed): the records after it
+//! are processed again over entries that already hold their decisions;
+//! last-writer-wins makes that a no-op for the state, and their enriched
+//! inbound messages and replies are sent again, as for any at-least-once
+//! replay. The position dedupe of the owner (router repeats) starts empty
+//! after a restore: a router replay that straddles the restore is applied
+//! twice with the same effect. Exactly-once mode has neither case.
 //!
 //! Outputs: the enriched inbound message (key customer number), the opt-out
 //! changelog (key `list|number`, full state: a replay rewrites the same
@@ -14,14 +35,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::formats::Format;
-use super::records::{dead_letter, enriched_inbound, At, OutRecord};
-use super::restore::replay_values;
+use super::records::{dead_letter, enriched_inbound, partition_of, At, OutRecord};
+use super::restore::try_replay;
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
 use crate::kafka::admin::INBOUND_BY_NUMBER;
 use crate::model::Provenance;
+use crate::optout::OptOutChange;
 use crate::stages::optout_owner::{OptOutOutputs, OptOutOwner};
 
 /// The opt-out owner stage.
@@ -64,15 +87,26 @@ impl Logic for OptOutStage {
     ) -> Result<(), RuntimeError> {
         let mut owner = OptOutOwner::new(&shared.cfg.optout)
             .with_limits(crate::limits::Limits::new(&shared.cfg));
-        if let Some(until) = committed {
-            // Outputs of the replay are discarded: they were produced when
-            // the records were first processed.
-            let mut scratch = OptOutOutputs::default();
-            replay_values(shared, &self.topic_arc, partition, until, |value, at| {
-                owner.process(value, at, &mut scratch);
-                scratch.clear();
-            })?;
+        let started = Instant::now();
+        let (entries, records) = if committed.is_some() {
+            changelog_entries(shared, partition, shared.partitions_of(&self.topic))?
+        } else {
+            // Nothing committed: nothing decided yet.
+            (HashMap::new(), 0)
+        };
+        let n = entries.len();
+        for change in entries.values() {
+            owner.restore(change);
         }
+        tracing::info!(
+            topic = %self.topic,
+            partition,
+            changelog_records = records,
+            entries = n,
+            committed = committed.unwrap_or(-1),
+            ms = started.elapsed().as_millis() as u64,
+            "opt-out owner state restored"
+        );
         self.owners.insert(partition, owner);
         Ok(())
     }
@@ -136,4 +170,35 @@ impl Logic for OptOutStage {
         }
         Ok(())
     }
+}
+
+/// The latest opt-out changelog entry of every (list, number) whose number
+/// belongs to `partition` of `inbound-by-number` (`partitions` partitions),
+/// by changelog key; and how many changelog records were read. Every
+/// changelog partition is read to its end (a deleted key, a null value,
+/// removes its entry). An unreadable record stops the restore (fatal).
+fn changelog_entries(
+    shared: &Shared,
+    partition: i32,
+    partitions: i32,
+) -> Result<(HashMap<Vec<u8>, OptOutChange>, u64), RuntimeError> {
+    let changelog = &shared.kafka.output_topics.optout_changelog;
+    let mut latest: HashMap<Vec<u8>, OptOutChange> = HashMap::new();
+    let mut records = 0;
+    for p in 0..shared.partitions_of(changelog) {
+        records += try_replay(shared, changelog, p, None, |rec| {
+            let key = rec.key.unwrap_or_default();
+            match Format::OptOutChange.decode::<OptOutChange>(rec)? {
+                Some(c) if partition_of(&c.number, partitions) == partition => {
+                    latest.insert(key.to_vec(), c);
+                }
+                Some(_) => {}
+                None => {
+                    latest.remove(key);
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok((latest, records))
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::records::{dead_letter, At, OutRecord};
+use super::records::{dead_letter, partition_of, At, OutRecord};
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
 use crate::archive::writer::now_ms;
@@ -26,6 +26,11 @@ pub struct Router {
     routed: Vec<Routed>,
     /// Partitions of `events_topic` (each gets every idle marker).
     events_partitions: i32,
+    /// Partitions of `inbound_topic`: a customer's inbound messages go to
+    /// partition [`partition_of`]`(number)`, which is also how an opt-out
+    /// owner finds its customers' entries in the opt-out changelog when it
+    /// restores (see [`super::optout_owner`]).
+    inbound_partitions: i32,
     /// Which input partitions to declare idle, and when.
     idle: IdleTracker,
 }
@@ -34,11 +39,13 @@ impl Router {
     /// A router for `shared`'s configuration.
     pub fn new(shared: &Shared) -> Router {
         let events_topic = shared.internal(EVENTS_BY_MESSAGE);
+        let inbound_topic = shared.internal(INBOUND_BY_NUMBER);
         Router {
             events_partitions: shared.partitions_of(&events_topic),
+            inbound_partitions: shared.partitions_of(&inbound_topic),
             idle: IdleTracker::new(),
             events_topic,
-            inbound_topic: shared.internal(INBOUND_BY_NUMBER),
+            inbound_topic,
             dead_topic: shared.kafka.output_topics.dead_letters.clone(),
             limits: Limits::new(&shared.cfg),
             sources: HashMap::new(),
@@ -120,7 +127,9 @@ impl Logic for Router {
                     out.push(o);
                 }
                 Routed::Inbound { customer, record } => {
+                    let partition = partition_of(&customer, self.inbound_partitions);
                     let mut o = OutRecord::keyed(&self.inbound_topic, customer, record);
+                    o.partition = Some(partition);
                     o.timestamp_ms = rec.timestamp_ms;
                     out.push(o);
                 }

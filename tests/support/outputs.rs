@@ -26,6 +26,24 @@ pub fn latest(records: &[Consumed]) -> BTreeMap<Vec<u8>, Vec<u8>> {
     m
 }
 
+/// The opt-out table of the opt-out changelog's records: (list, number) ->
+/// opted out, from the latest value of each key.
+pub fn optout_table(records: &[Consumed]) -> BTreeMap<(String, String), bool> {
+    latest(records)
+        .into_values()
+        .map(|v| {
+            let j: serde_json::Value = serde_json::from_slice(&v).expect("change JSON");
+            (
+                (
+                    j["optOutList"].as_str().unwrap_or_default().to_owned(),
+                    j["number"].as_str().unwrap_or_default().to_owned(),
+                ),
+                j["optedOut"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
 /// The spend topic's latest totals with at least one message.
 pub fn spend_of(records: &[Consumed]) -> Spend {
     latest(records)
