@@ -12,7 +12,11 @@
 //! * **Assignment** (cooperative rebalancing): a newly assigned partition is
 //!   handed to [`Logic::assign`] with its committed offset before any of its
 //!   records is processed, so the stage rebuilds that partition's state from
-//!   Kafka. A revoked partition is dropped from the offsets to commit and
+//!   Kafka. A transaction open at that moment is committed first (it holds
+//!   only partitions still owned), so no transaction stays open across a
+//!   restore; the restore runs on a thread of its own while the loop keeps
+//!   polling with its assignment paused (`commit::take_all`), so however
+//!   long it takes the member stays in its group. A revoked partition is dropped from the offsets to commit and
 //!   from the logic: its new owner re-reads
 //!   it from the last commit. In a transaction, a revocation aborts the
 //!   transaction and **rewinds** every partition still owned to its
@@ -62,7 +66,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::commit::{commit, committed_offsets, drain, rewind, take_retrying, Wait, MAX_REWINDS};
+use super::commit::{commit, committed_offsets, drain, rewind, take_all, Wait, MAX_REWINDS};
 use super::formats::FORMAT_HEADER;
 use super::gaps::{in_sequence, probe_stalls, GapProbe};
 use super::produce::{send, DeliveryContext};
@@ -117,7 +121,7 @@ impl<'a> InRecord<'a> {
 }
 
 /// What a stage does with its records; the loop does the rest.
-pub trait Logic {
+pub trait Logic: Send {
     /// Stage name (logs, thread name).
     fn name(&self) -> &'static str;
     /// Consumer group suffix (`""` for the group id itself). Default: the
@@ -337,10 +341,14 @@ fn attempt<L: Logic>(shared: &Shared, logic: &mut L, worker: usize) -> Result<()
             format!("{id}.w{worker}")
         }
     });
+    // The transactional id names the producer in errors (a fenced one
+    // says which).
+    let producer_name = match &txn_id {
+        Some(id) => format!("{} producer {id}", logic.name()),
+        None => format!("{} producer", logic.name()),
+    };
     let producer: ThreadedProducer<DeliveryContext> = producer_config(k, txn_id)
-        .create_with_context(DeliveryContext::new(
-            shared.watch(&format!("{} producer", logic.name())),
-        ))
+        .create_with_context(DeliveryContext::new(shared.watch(&producer_name)))
         .map_err(|e| kafka("create producer", e))?;
     if eos {
         in_place(shared, logic.name(), "init transactions", || {
@@ -607,9 +615,15 @@ fn handle_events<L: Logic>(
                 }
             }
             Event::Assigned(parts) => {
-                for c in committed_offsets(shared, logic.name(), consumer, &parts)? {
-                    take_retrying(shared, logic, s, c)?;
+                if s.in_txn {
+                    // Restoring may take long: a transaction left open
+                    // across it could outlive transaction_timeout_ms (the
+                    // broker would abort it and fence the producer). The
+                    // work so far is on partitions still owned: commit it.
+                    commit(shared, logic, consumer, producer, s, false)?;
                 }
+                let committed = committed_offsets(shared, logic.name(), consumer, &parts)?;
+                take_all(shared, logic, consumer, s, committed)?;
                 tracing::info!(stage = logic.name(), partitions = ?parts, "partitions assigned");
             }
         }
