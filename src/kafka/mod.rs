@@ -98,7 +98,12 @@ pub struct KafkaConfig {
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
     /// librdkafka `transaction.timeout.ms` of transactional producers: the
-    /// broker aborts a transaction left open longer than this. Default 60000.
+    /// broker aborts a transaction left open longer than this and fences
+    /// its producer, so the instance exits with the fenced error (code 3)
+    /// and is restarted. A transaction lasts one commit interval plus the
+    /// time its records and offsets take to be acknowledged: keep this well
+    /// above `commit_interval_ms` and the broker's worst stalls. Default
+    /// 60000.
     #[serde(default = "default_transaction_timeout_ms")]
     pub transaction_timeout_ms: u64,
     /// Backpressure bound: at most this many input records are read but not

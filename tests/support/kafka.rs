@@ -242,7 +242,8 @@ impl KafkaBroker {
              share.coordinator.state.topic.min.isr=1\n\
              group.initial.rebalance.delay.ms=0\n\
              auto.create.topics.enable=false\n\
-             log.cleaner.backoff.ms=1000\n",
+             log.cleaner.backoff.ms=1000\n\
+             transaction.abort.timed.out.transaction.cleanup.interval.ms=1000\n",
             controller = p.controller,
             data = data.display(),
         );
@@ -271,7 +272,9 @@ impl KafkaBroker {
              rootLogger.level = WARN\n\
              rootLogger.appenderRef.out.ref = out\n\
              logger.server.name = kafka.server.KafkaRaftServer\n\
-             logger.server.level = INFO\n",
+             logger.server.level = INFO\n\
+             logger.txn.name = kafka.coordinator.transaction\n\
+             logger.txn.level = INFO\n",
         )
         .expect("write log4j2.properties");
     }
