@@ -14,12 +14,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(core process memory restore bare_consumer end_to_end archive)
+all=(core process memory restore bare_consumer end_to_end backlog archive)
 if [ "$#" -gt 0 ]; then benches=("$@"); else benches=("${all[@]}"); fi
 
 for b in "${benches[@]}"; do
   case "$b" in
-    restore|bare_consumer|end_to_end) bash scripts/install-kafka.sh >/dev/null; break ;;
+    restore|bare_consumer|end_to_end|backlog) bash scripts/install-kafka.sh >/dev/null; break ;;
   esac
 done
 
