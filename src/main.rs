@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use smsvoice::config::{Config, EMBEDDED_DEFAULT};
+use smsvoice::config::{Config, TEMPLATE};
 use smsvoice::file_mode::{self, ArchiveTarget, Input, EMBEDDED_SAMPLES};
 
 /// Opt-out lists, exact monthly spend, spend alarms and enriched events for
@@ -53,7 +53,8 @@ enum Command {
     /// process with one `smsvoice run: fatal: ...` line on stderr.
     ///
     /// Exit codes: 0 stopped by SIGTERM/SIGINT; 1 any other error; 2 the
-    /// configuration file could not be loaded; 3 fatal Kafka error
+    /// configuration (file or `SMSVOICE_*` environment) could not be loaded
+    /// or fails the checks of `check-config`; 3 fatal Kafka error
     /// (authentication, TLS trust, authorization, a producer fenced by
     /// another process with the same instance id, a fatal librdkafka error,
     /// a configuration librdkafka rejects); 4 the archive store refuses this
@@ -62,7 +63,9 @@ enum Command {
     /// change) is unreadable or written by a newer smsvoice: it is never
     /// skipped.
     Run {
-        /// TOML configuration with a `[kafka]` section.
+        /// TOML configuration with a `[kafka]` section. Every key can be
+        /// overridden by an environment variable (`SMSVOICE_KAFKA__...`,
+        /// see `check-config`).
         #[arg(long)]
         config: PathBuf,
         /// Override `kafka.bootstrap_servers`.
@@ -101,8 +104,28 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Print the embedded default configuration.
+    /// Print a configuration template for `smsvoice run`: a `[kafka]`
+    /// section whose broker address (`bootstrap_servers = "localhost:9092"`)
+    /// is the one thing to fill in, no alarms (commented examples), every
+    /// section documented. `run` and `check-config` accept it as it is.
     DefaultConfig,
+    /// Load the configuration exactly as `smsvoice run` does (the file, then
+    /// the `SMSVOICE_*` environment variables, then the checks `run` makes
+    /// before it connects to anything), print the effective configuration
+    /// as TOML with secrets masked as "***", and exit 0. On an error, print
+    /// one line naming the key (or the variable) on stderr and exit 2.
+    ///
+    /// Environment: `SMSVOICE_` + the key's path in upper case, segments
+    /// joined by `__` (`SMSVOICE_KAFKA__BOOTSTRAP_SERVERS`,
+    /// `SMSVOICE_KAFKA__PROPERTIES__SASL_PASSWORD` for `"sasl.password"`);
+    /// `..._FILE=/path` reads the value from a file. README.md, "Environment
+    /// variables and secret files".
+    CheckConfig {
+        /// TOML configuration (`-` reads it from stdin); the embedded
+        /// default when absent.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run librdkafka's mock Kafka cluster on 127.0.0.1 for tests and demos
     /// (~5 MB kept per partition; transaction calls are accepted but aborted
     /// records stay visible). Prints `bootstrap=<servers>`, then runs until
@@ -137,8 +160,8 @@ fn main() -> ExitCode {
             bootstrap_servers,
             archive,
         } => {
-            let mut cfg = match Config::load(&config) {
-                Ok(c) => c,
+            let mut cfg = match Config::load_with_environment(Some(&config)) {
+                Ok(c) => c.config,
                 Err(e) => {
                     eprintln!("smsvoice: {e}");
                     return ExitCode::from(2);
@@ -155,6 +178,11 @@ fn main() -> ExitCode {
             }
             if archive.is_some() {
                 cfg.archive.uri = archive;
+            }
+            // What `check-config` checks, before anything connects: exit 2.
+            if let Err(e) = cfg.check_for_run() {
+                eprintln!("smsvoice: invalid config {}: {e}", config.display());
+                return ExitCode::from(2);
             }
             match smsvoice::runtime::run_until_signal(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -210,9 +238,10 @@ fn main() -> ExitCode {
             }
         }
         Command::DefaultConfig => {
-            print!("{EMBEDDED_DEFAULT}");
+            print!("{TEMPLATE}");
             ExitCode::SUCCESS
         }
+        Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::MockCluster {
             brokers,
             port_file,
@@ -235,12 +264,8 @@ fn main() -> ExitCode {
             archive,
             no_archive,
         } => {
-            let cfg = match &config {
-                Some(p) => Config::load(p),
-                None => Config::from_toml(EMBEDDED_DEFAULT, "embedded default config"),
-            };
-            let cfg = match cfg {
-                Ok(c) => c,
+            let cfg = match Config::load_with_environment(config.as_deref()) {
+                Ok(c) => c.config,
                 Err(e) => {
                     eprintln!("smsvoice: {e}");
                     return ExitCode::from(2);
@@ -270,6 +295,49 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// `smsvoice check-config`: exit 0 and the masked effective configuration on
+/// stdout, or exit 2 and one line on stderr.
+fn check_config(config: Option<&std::path::Path>) -> ExitCode {
+    let loaded = match config {
+        Some(p) if p.as_os_str() == "-" => {
+            let mut text = String::new();
+            match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                Ok(_) => Config::layered(&text, "stdin", std::env::vars_os()),
+                Err(e) => {
+                    eprintln!("smsvoice check-config: cannot read config from stdin: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        other => Config::load_with_environment(other),
+    };
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("smsvoice check-config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = loaded.config.check_for_run() {
+        eprintln!(
+            "smsvoice check-config: invalid config {}: {e}",
+            loaded.origin
+        );
+        return ExitCode::from(2);
+    }
+    match loaded.masked_toml() {
+        Ok(text) => {
+            print!("{text}");
+            eprintln!("smsvoice check-config: {}: ok", loaded.origin);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smsvoice check-config: {e}");
+            ExitCode::from(2)
         }
     }
 }
