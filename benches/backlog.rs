@@ -32,7 +32,6 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use smsvoice::config::EMBEDDED_DEFAULT;
 use smsvoice::generate::{generate, Workload};
-use smsvoice::kafka::{ensure_topics, KafkaConfig, TopicSpec};
 
 const INPUT: &str = "backlog.input";
 const PARTITIONS: i32 = 4;
@@ -50,15 +49,7 @@ fn main() {
         .unwrap_or(10_000_000);
     let broker = kafka_support::KafkaBroker::start();
     let bootstrap = broker.bootstrap.clone();
-    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
-    let spec = TopicSpec {
-        name: INPUT.into(),
-        partitions: PARTITIONS,
-        compacted: false,
-        retain_forever: true,
-    };
-    rt.block_on(ensure_topics(&KafkaConfig::new(bootstrap.clone()), &[spec]))
-        .unwrap_or_else(|e| panic!("ensure_topics: {e}"));
+    kafka_support::create_topic(&bootstrap, INPUT, PARTITIONS);
 
     let t = Instant::now();
     let mut produced = 0usize;

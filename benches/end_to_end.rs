@@ -45,7 +45,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use smsvoice::config::{Config, EMBEDDED_DEFAULT};
 use smsvoice::generate::{generate, Workload};
-use smsvoice::kafka::{consumer_config, ensure_topics, KafkaConfig, TopicSpec};
+use smsvoice::kafka::{consumer_config, KafkaConfig};
 use smsvoice::runtime::{Instance, Metrics};
 
 const INPUT: &str = "bench.input";
@@ -66,15 +66,7 @@ fn main() {
     let n = g.records.len();
     let broker = kafka_support::KafkaBroker::start();
     let bootstrap = broker.bootstrap.clone();
-    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
-    let spec = TopicSpec {
-        name: INPUT.into(),
-        partitions: PARTITIONS,
-        compacted: false,
-        retain_forever: true,
-    };
-    rt.block_on(ensure_topics(&KafkaConfig::new(bootstrap.clone()), &[spec]))
-        .unwrap_or_else(|e| panic!("ensure_topics: {e}"));
+    kafka_support::create_topic(&bootstrap, INPUT, PARTITIONS);
     let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
         g.records.iter().map(|r| (None, r.clone())).collect();
     kafka_support::produce_all(&bootstrap, INPUT, PARTITIONS, &records);

@@ -81,8 +81,14 @@ type Parts = Vec<Vec<Vec<u8>>>;
 type Changelog = Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>>;
 
 /// Routes `w`'s records read from 4 input partitions, their offsets
-/// continuing from `next` (one history of the same input topic).
-fn forward(w: &Workload, parts: &mut Parts, clock: &mut i64, next: &mut [i64; 4]) {
+/// continuing from `next` (one history of the same input topic), handing
+/// each forwarded event to `sink` with its owner partition.
+fn route_workload(
+    w: &Workload,
+    clock: &mut i64,
+    next: &mut [i64; 4],
+    mut sink: impl FnMut(usize, Vec<u8>),
+) {
     let g = generate(w);
     let source: Arc<str> = Arc::from("sms-events");
     let limits = Limits::DEFAULT;
@@ -100,10 +106,15 @@ fn forward(w: &Workload, parts: &mut Parts, clock: &mut i64, next: &mut [i64; 4]
         route_at(r, &src, &limits, Some(*clock), &mut routed);
         for x in routed.drain(..) {
             if let Routed::Event { message_id, record } = x {
-                parts[partition_of(&message_id, PARTITIONS) as usize].push(record);
+                sink(partition_of(&message_id, PARTITIONS) as usize, record);
             }
         }
     }
+}
+
+/// [`route_workload`], keeping the forwarded records per owner partition.
+fn forward(w: &Workload, parts: &mut Parts, clock: &mut i64, next: &mut [i64; 4]) {
+    route_workload(w, clock, next, |p, record| parts[p].push(record));
 }
 
 /// One history: its owners, and the changelog records they wrote per
@@ -269,8 +280,6 @@ fn run_streaming(cfg: &Config, messages: usize) -> Run {
     const CHUNK: usize = 1_000_000;
     let view = View::new(&cfg.optout);
     let topic: Arc<str> = Arc::from("smsvoice.internal.events-by-message");
-    let source: Arc<str> = Arc::from("sms-events");
-    let limits = Limits::DEFAULT;
     let mut out = OwnerOutputs::default();
     let mut owners: Vec<MessageOwner> = (0..PARTITIONS)
         .map(|p| {
@@ -293,7 +302,6 @@ fn run_streaming(cfg: &Config, messages: usize) -> Run {
     };
     let mut next = [0i64; 4];
     let mut clock = OPEN_START_MS;
-    let mut routed = Vec::new();
     let start = Instant::now();
     let chunks = messages.div_ceil(CHUNK);
     for i in 0..chunks {
@@ -306,38 +314,21 @@ fn run_streaming(cfg: &Config, messages: usize) -> Run {
             span_ms: 2 * DAY_MS,
             ..Workload::default()
         };
-        let g = generate(&w);
-        for (j, rec) in g.records.iter().enumerate() {
-            let q = j % 4;
-            let src = RecordSource {
-                source: source.clone(),
-                partition: Some(q as i32),
-                offset: next[q],
-                timestamp_ms: None,
+        route_workload(&w, &mut clock, &mut next, |p, record| {
+            let at = Provenance {
+                source: topic.clone(),
+                partition: Some(p as i32),
+                offset: offsets[p],
+                sub: 0,
             };
-            next[q] += 1;
-            clock += 1;
-            route_at(rec, &src, &limits, Some(clock), &mut routed);
-            for x in routed.drain(..) {
-                let Routed::Event { message_id, record } = x else {
-                    continue;
-                };
-                let p = partition_of(&message_id, PARTITIONS) as usize;
-                let at = Provenance {
-                    source: topic.clone(),
-                    partition: Some(p as i32),
-                    offset: offsets[p],
-                    sub: 0,
-                };
-                owners[p].process(&record, &at, &view, &mut out);
-                out.clear();
-                offsets[p] += 1;
-                if offsets[p] as usize % COMMIT_EVERY == 0 {
-                    let c = owners[p].ledger_mut().snapshot_changes();
-                    write(p, c, offsets[p], &mut changelog);
-                }
+            owners[p].process(&record, &at, &view, &mut out);
+            out.clear();
+            offsets[p] += 1;
+            if (offsets[p] as usize).is_multiple_of(COMMIT_EVERY) {
+                let c = owners[p].ledger_mut().snapshot_changes();
+                write(p, c, offsets[p], &mut changelog);
             }
-        }
+        });
     }
     for (p, owner) in owners.iter_mut().enumerate() {
         let c = owner.ledger_mut().snapshot_changes();

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use smsvoice::config::EMBEDDED_DEFAULT;
 use smsvoice::generate::{generate, Workload};
-use smsvoice::kafka::{ensure_topics, KafkaConfig, TopicSpec};
 
 use support::kafka::{consume_all, kafka_or_skip, produce_all, KafkaBroker};
 use support::outputs::{expected_spend, latest, optout_table, spend_of};
@@ -28,6 +27,11 @@ use support::outputs::{expected_spend, latest, optout_table, spend_of};
 const INPUT: &str = "restore-events";
 const PARTITIONS: i32 = 4;
 const INBOUND: &str = "smsvoice.internal.inbound-by-number";
+
+/// Every record of `topic` (read uncommitted, no group).
+fn read(bootstrap: &str, topic: &str) -> Vec<support::kafka::Consumed> {
+    consume_all(bootstrap, topic, usize::MAX, Duration::from_secs(3), false)
+}
 
 /// FNV-1a (64-bit) of `key` modulo `partitions`, written out here: the
 /// partition the router must send a customer's inbound messages to, and by
@@ -118,20 +122,7 @@ fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
     }
     let broker = KafkaBroker::start();
     let bootstrap = broker.bootstrap.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(ensure_topics(
-        &KafkaConfig::new(&bootstrap),
-        &[TopicSpec {
-            name: INPUT.into(),
-            partitions: PARTITIONS,
-            compacted: false,
-            retain_forever: true,
-        }],
-    ))
-    .expect("input topic");
+    support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("smsvoice.toml");
     std::fs::write(
@@ -184,24 +175,12 @@ fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
     a.kill().expect("SIGKILL");
     a.wait().expect("wait");
     // The opt-out table as a left it, read independently of smsvoice.
-    let optouts_at_kill = latest(&consume_all(
-        &bootstrap,
-        "smsvoice.optout-changelog",
-        usize::MAX,
-        Duration::from_secs(3),
-        false,
-    ));
+    let optouts_at_kill = latest(&read(&bootstrap, "smsvoice.optout-changelog"));
     assert!(
         !optouts_at_kill.is_empty(),
         "a decided opt-outs before it was killed"
     );
-    let inbound = consume_all(
-        &bootstrap,
-        INBOUND,
-        usize::MAX,
-        Duration::from_secs(3),
-        false,
-    );
+    let inbound = read(&bootstrap, INBOUND);
     assert!(!inbound.is_empty());
     for r in &inbound {
         let key = r.2.as_deref().unwrap_or_default();
@@ -227,13 +206,7 @@ fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
     wait_until(
         Duration::from_secs(180),
         || {
-            let got = spend_of(&consume_all(
-                &bootstrap,
-                "smsvoice.spend",
-                usize::MAX,
-                Duration::from_secs(3),
-                false,
-            ));
+            let got = spend_of(&read(&bootstrap, "smsvoice.spend"));
             (got != want).then(|| format!("spend {got:?}\nwant {want:?}"))
         },
         &log_b,
@@ -241,13 +214,7 @@ fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
     wait_until(
         Duration::from_secs(60),
         || {
-            let got = optout_table(&consume_all(
-                &bootstrap,
-                "smsvoice.optout-changelog",
-                usize::MAX,
-                Duration::from_secs(3),
-                false,
-            ));
+            let got = optout_table(&read(&bootstrap, "smsvoice.optout-changelog"));
             (got != g.truth.optouts)
                 .then(|| format!("opt-outs {got:?}\nwant {:?}", g.truth.optouts))
         },
@@ -309,13 +276,7 @@ fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
     let st = b.wait().expect("wait b");
     assert!(st.success(), "b after SIGTERM: {st}");
     // Spend is still exact after b's last commit.
-    let got = spend_of(&consume_all(
-        &bootstrap,
-        "smsvoice.spend",
-        usize::MAX,
-        Duration::from_secs(3),
-        false,
-    ));
+    let got = spend_of(&read(&bootstrap, "smsvoice.spend"));
     assert_eq!(got, want);
     eprintln!("b restored: {lines:?}");
 }

@@ -24,7 +24,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use smsvoice::kafka::{consumer_config, producer_config, KafkaConfig};
+use smsvoice::kafka::{consumer_config, ensure_topics, producer_config, KafkaConfig, TopicSpec};
 
 /// The Apache Kafka version `scripts/install-kafka.sh` installs (read from
 /// `scripts/kafka/pom.xml`, so the two cannot disagree).
@@ -575,6 +575,23 @@ impl ProducerContext for CountErrors {
 /// `i % partitions`, with the pipeline's producer settings (idempotent,
 /// acks=all), and waits until every record is acknowledged. Panics on any
 /// delivery error.
+/// Creates `topic` (if missing) with `partitions` partitions, kept for ever:
+/// an input topic of a test or a bench.
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let spec = TopicSpec {
+        name: topic.into(),
+        partitions,
+        compacted: false,
+        retain_forever: true,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"))
+        .block_on(ensure_topics(&KafkaConfig::new(bootstrap), &[spec]))
+        .unwrap_or_else(|e| panic!("create {topic}: {e}"));
+}
+
 pub fn produce_all(
     bootstrap: &str,
     topic: &str,
