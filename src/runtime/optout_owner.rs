@@ -22,9 +22,13 @@
 //! are processed again over entries that already hold their decisions;
 //! last-writer-wins makes that a no-op for the state, and their enriched
 //! inbound messages and replies are sent again, as for any at-least-once
-//! replay. The position dedupe of the owner (router repeats) starts empty
-//! after a restore: a router replay that straddles the restore is applied
-//! twice with the same effect. Exactly-once mode has neither case.
+//! replay (same record ids and positions: the archive sink drops them).
+//! A router replay repeats forwarded records at new offsets: the owner drops
+//! a repeat by its original position, so at least once the restore also
+//! reads the retained records of the partition below the committed offset
+//! for their positions only (no decision, no output; bounded by
+//! `internal_retention_ms`, not by history). Exactly-once mode has no
+//! router repeats and skips that read.
 //!
 //! Outputs: the enriched inbound message (key customer number), the opt-out
 //! changelog (key `list|number`, full state: a replay rewrites the same
@@ -39,7 +43,7 @@ use std::time::Instant;
 
 use super::formats::Format;
 use super::records::{dead_letter, enriched_inbound, partition_of, At, OutRecord};
-use super::restore::try_replay;
+use super::restore::{try_replay, try_replay_range, RETAINED};
 use super::stage::{InRecord, Logic};
 use super::{RuntimeError, Shared};
 use crate::kafka::admin::INBOUND_BY_NUMBER;
@@ -98,11 +102,26 @@ impl Logic for OptOutStage {
         for change in entries.values() {
             owner.restore(change);
         }
+        let mut positions = 0;
+        if let (Some(until), false) = (committed, shared.kafka.exactly_once) {
+            positions = try_replay_range(
+                shared,
+                &self.topic,
+                partition,
+                Some(RETAINED),
+                Some(until),
+                |rec| {
+                    owner.remember(rec.value);
+                    Ok(())
+                },
+            )?;
+        }
         tracing::info!(
             topic = %self.topic,
             partition,
             changelog_records = records,
             entries = n,
+            positions_read = positions,
             committed = committed.unwrap_or(-1),
             ms = started.elapsed().as_millis() as u64,
             "opt-out owner state restored"

@@ -105,6 +105,11 @@ pub fn try_replay_range(
     read_range(shared, topic, partition, from, until, false, f)
 }
 
+/// `from` for [`try_replay_range`]: the first retained record, without the
+/// warning about a log that no longer starts at offset 0 (for a caller that
+/// needs only what retention kept).
+pub const RETAINED: i64 = -1;
+
 /// [`try_replay`] of a topic written only in transactions (a state
 /// changelog), with `isolation.level=read_committed` whatever the run's
 /// mode: what an aborted transaction wrote is never read back. Reads up to
@@ -159,7 +164,7 @@ fn read_range(
     let end = until.unwrap_or(high);
     // (A compacted changelog may start anywhere: only its latest records
     // matter.)
-    if !read_committed && low > 0 && end > 0 && from.is_none_or(|f| f < low) {
+    if !read_committed && low > 0 && end > 0 && from.is_none_or(|f| f != RETAINED && f < low) {
         tracing::warn!(
             topic,
             partition,

@@ -74,6 +74,24 @@ impl OptOutOwner {
         self.engine.apply_change(change);
     }
 
+    /// Remembers the original position of a forwarded record without
+    /// processing it (state restore: a repeat of it by a router replay is
+    /// then dropped, as by the owner that processed it). A record that
+    /// cannot be read names no position: nothing to remember.
+    pub fn remember(&mut self, record: &[u8]) {
+        let mut intern = |s: &str| -> Arc<str> { Arc::from(s) };
+        match forward::decode_inbound(record, &self.limits, &mut intern) {
+            Ok((f, _, _)) => {
+                self.seen.insert(forward::position_hash(&f.provenance));
+            }
+            Err(Refused::Payload(p)) => {
+                self.seen
+                    .insert(forward::position_hash(&p.forwarded.provenance));
+            }
+            Err(Refused::Record(_)) => {}
+        }
+    }
+
     /// Processes one forwarded inbound record; `at` names it in a dead letter.
     pub fn process(&mut self, record: &[u8], at: &Provenance, out: &mut OptOutOutputs) {
         let mut intern = |s: &str| -> Arc<str> { Arc::from(s) };
@@ -130,5 +148,68 @@ impl OptOutOwner {
     /// The engine (read-only).
     pub fn engine(&self) -> &OptOutEngine {
         &self.engine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, EMBEDDED_DEFAULT};
+    use crate::decode::RecordSource;
+    use crate::generate::{generate, Workload};
+    use crate::stages::router::{route_at, Routed};
+
+    /// The forwarded inbound records of a generated stream, as the router
+    /// writes them.
+    fn forwarded_inbound() -> Vec<Vec<u8>> {
+        let g = generate(&Workload {
+            messages: 2_000,
+            ..Workload::default()
+        });
+        let mut routed = Vec::new();
+        let mut out = Vec::new();
+        for (i, r) in g.records.iter().enumerate() {
+            let src = RecordSource {
+                source: Arc::from("in"),
+                partition: Some(0),
+                offset: i as i64,
+                timestamp_ms: None,
+            };
+            route_at(r, &src, &Limits::DEFAULT, Some(1), &mut routed);
+            for x in routed.drain(..) {
+                if let Routed::Inbound { record, .. } = x {
+                    out.push(record);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_remembered_position_is_dropped_as_a_repeat_and_only_that_one() {
+        let cfg = Config::from_toml(EMBEDDED_DEFAULT, "default").expect("default config");
+        let records = forwarded_inbound();
+        assert!(records.len() >= 2, "{} inbound records", records.len());
+        let at = Provenance {
+            source: Arc::from("inbound-by-number"),
+            partition: Some(0),
+            offset: 0,
+            sub: 0,
+        };
+        let mut restored = OptOutOwner::new(&cfg.optout);
+        restored.remember(&records[0]);
+        let mut out = OptOutOutputs::default();
+        restored.process(&records[0], &at, &mut out);
+        assert!(
+            out.inbound.is_empty() && out.changes.is_empty() && out.replies.is_empty(),
+            "a remembered record is a repeat: {out:?}"
+        );
+        restored.process(&records[1], &at, &mut out);
+        assert_eq!(out.inbound.len(), 1, "another record is processed");
+        // An owner that never saw the first record processes it.
+        let mut fresh = OptOutOwner::new(&cfg.optout);
+        let mut out = OptOutOutputs::default();
+        fresh.process(&records[0], &at, &mut out);
+        assert_eq!(out.inbound.len(), 1);
     }
 }
