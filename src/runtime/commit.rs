@@ -7,15 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::produce::{send, DeliveryContext, QueueFullWait, EPOCHS};
 use super::retry::in_place;
-use super::stage::{
-    kafka, Logic, LoopState, PendingCommit, PollErrors, StageContext, CALL_TIMEOUT, POLL,
-};
+use super::stage::{kafka, Logic, LoopState, PendingCommit, StageContext, CALL_TIMEOUT};
 use super::{RuntimeError, Shared};
 use crate::kafka::ClientError;
 
@@ -114,70 +111,6 @@ pub(super) fn take_retrying<L: Logic>(
     })
 }
 
-/// Takes over every partition of `cs` ([`take_retrying`], in order) on a
-/// thread of its own, while this thread keeps polling `consumer` with its
-/// whole assignment paused: a restore of any length never keeps the member
-/// from its group (`max.poll.interval.ms`, heartbeats and rebalance
-/// callbacks are served meanwhile; the rebalance events are recorded and
-/// handled by the loop afterwards). A record the consumer hands out anyway
-/// (a partition assigned during the restore, or one fetched before the
-/// pause) is not processed: its partition is sought back to it, so the loop
-/// reads it again. The assignment is resumed at the end, whatever the
-/// result.
-pub(super) fn take_all<L: Logic>(
-    shared: &Shared,
-    logic: &mut L,
-    consumer: &BaseConsumer<StageContext>,
-    s: &mut LoopState,
-    cs: Vec<Committed>,
-) -> Result<(), RuntimeError> {
-    if cs.is_empty() {
-        return Ok(());
-    }
-    let stage = logic.name();
-    let paused = consumer.assignment().map_err(|e| kafka("assignment", e))?;
-    consumer.pause(&paused).map_err(|e| kafka("pause", e))?;
-    let mut stray: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let mut poll_errors = PollErrors::default();
-    let result = std::thread::scope(|scope| {
-        let restoring = std::thread::Builder::new()
-            .name(format!("{stage}-restore"))
-            .spawn_scoped(scope, || -> Result<(), RuntimeError> {
-                for c in cs {
-                    take_retrying(shared, logic, s, c)?;
-                }
-                Ok(())
-            })
-            .map_err(|e| RuntimeError::Stage(stage, format!("restore thread: {e}")))?;
-        let mut polled = Ok(());
-        while !restoring.is_finished() {
-            match consumer.poll(POLL) {
-                Some(Ok(m)) => {
-                    stray
-                        .entry((m.topic().to_owned(), m.partition()))
-                        .or_insert(m.offset());
-                }
-                Some(Err(e)) if polled.is_ok() => {
-                    polled = poll_errors.check(shared, stage, "consume", e, false);
-                }
-                _ => {}
-            }
-        }
-        let restored = restoring
-            .join()
-            .unwrap_or_else(|_| Err(RuntimeError::Stage(stage, "restore thread panicked".into())));
-        restored.and(polled)
-    });
-    for ((t, p), o) in &stray {
-        consumer
-            .seek(t, *p, Offset::Offset(*o), CALL_TIMEOUT)
-            .map_err(|e| kafka("seek", e))?;
-    }
-    let now = consumer.assignment().map_err(|e| kafka("assignment", e))?;
-    consumer.resume(&now).map_err(|e| kafka("resume", e))?;
-    result
-}
-
 /// Aborts the open transaction (if any) and rewinds every owned partition to
 /// its last commit, rebuilding its state.
 pub(super) fn rewind<L: Logic>(
@@ -218,7 +151,9 @@ pub(super) fn rewind<L: Logic>(
         .map_err(|e| kafka("seek", e))?;
         logic.revoke(&c.topic, c.partition);
     }
-    take_all(shared, logic, consumer, s, committed)?;
+    for c in committed {
+        take_retrying(shared, logic, s, c)?;
+    }
     consumer
         .seek_partitions(seek, CALL_TIMEOUT)
         .map_err(|e| kafka("seek", e))?;

@@ -14,9 +14,8 @@
 //!   records is processed, so the stage rebuilds that partition's state from
 //!   Kafka. A transaction open at that moment is committed first (it holds
 //!   only partitions still owned), so no transaction stays open across a
-//!   restore; the restore runs on a thread of its own while the loop keeps
-//!   polling with its assignment paused (`commit::take_all`), so however
-//!   long it takes the member stays in its group. A revoked partition is dropped from the offsets to commit and
+//!   restore. The restore runs inside the loop (the consumer is not polled
+//!   meanwhile), so it must stay under `max.poll.interval.ms`. A revoked partition is dropped from the offsets to commit and
 //!   from the logic: its new owner re-reads
 //!   it from the last commit. In a transaction, a revocation aborts the
 //!   transaction and **rewinds** every partition still owned to its
@@ -66,7 +65,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::commit::{commit, committed_offsets, drain, rewind, take_all, Wait, MAX_REWINDS};
+use super::commit::{commit, committed_offsets, drain, rewind, take_retrying, Wait, MAX_REWINDS};
 use super::formats::FORMAT_HEADER;
 use super::gaps::{in_sequence, probe_stalls, GapProbe};
 use super::produce::{send, DeliveryContext};
@@ -622,8 +621,9 @@ fn handle_events<L: Logic>(
                     // work so far is on partitions still owned: commit it.
                     commit(shared, logic, consumer, producer, s, false)?;
                 }
-                let committed = committed_offsets(shared, logic.name(), consumer, &parts)?;
-                take_all(shared, logic, consumer, s, committed)?;
+                for c in committed_offsets(shared, logic.name(), consumer, &parts)? {
+                    take_retrying(shared, logic, s, c)?;
+                }
                 tracing::info!(stage = logic.name(), partitions = ?parts, "partitions assigned");
             }
         }
