@@ -12,9 +12,7 @@
 //! * **Assignment** (cooperative rebalancing): a newly assigned partition is
 //!   handed to [`Logic::assign`] with its committed offset before any of its
 //!   records is processed, so the stage rebuilds that partition's state from
-//!   Kafka. A transaction open at that moment is committed first (it holds
-//!   only partitions still owned), so no transaction stays open across a
-//!   restore. The restore runs inside the loop (the consumer is not polled
+//!   Kafka. The restore runs inside the loop (the consumer is not polled
 //!   meanwhile), so it must stay under `max.poll.interval.ms`. A revoked partition is dropped from the offsets to commit and
 //!   from the logic: its new owner re-reads
 //!   it from the last commit. In a transaction, a revocation aborts the
@@ -614,13 +612,6 @@ fn handle_events<L: Logic>(
                 }
             }
             Event::Assigned(parts) => {
-                if s.in_txn {
-                    // Restoring may take long: a transaction left open
-                    // across it could outlive transaction_timeout_ms (the
-                    // broker would abort it and fence the producer). The
-                    // work so far is on partitions still owned: commit it.
-                    commit(shared, logic, consumer, producer, s, false)?;
-                }
                 for c in committed_offsets(shared, logic.name(), consumer, &parts)? {
                     take_retrying(shared, logic, s, c)?;
                 }
