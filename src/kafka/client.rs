@@ -442,6 +442,19 @@ pub fn fatal_cause(code: RDKafkaErrorCode) -> Option<FatalCause> {
     }
 }
 
+/// The fatal cause of a transactional error whose code says the broker's
+/// transaction coordinator ended the transaction itself: `INVALID_TXN_STATE`
+/// on a fatal transaction error is what Kafka 4's transactions v2 answer
+/// when the coordinator aborted a transaction that outlived
+/// `transaction.timeout.ms` (its abort bumps the producer epoch, the
+/// producer's own end of the transaction then passes the epoch check as a
+/// retry and fails the state check; KAFKA-20785, where v1 answers
+/// `PRODUCER_FENCED`). The producer is fenced in all but name: its
+/// transaction was rolled back and it cannot go on.
+fn coordinator_ended(code: RDKafkaErrorCode) -> Option<FatalCause> {
+    (code == RDKafkaErrorCode::InvalidTransactionalState).then_some(FatalCause::Fenced)
+}
+
 /// [`fatal_cause`] of a librdkafka error (admin and transaction errors
 /// included): also `Some` for a transaction error librdkafka calls fatal, a
 /// fatal consumer error, and a configuration librdkafka refuses.
@@ -449,9 +462,11 @@ pub fn kafka_error_fatal_cause(e: &KafkaError) -> Option<FatalCause> {
     match e {
         KafkaError::AdminOp(code) => fatal_cause(*code),
         KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => Some(FatalCause::Config),
-        KafkaError::Transaction(t) if t.is_fatal() => {
-            Some(fatal_cause(t.code()).unwrap_or(FatalCause::Client))
-        }
+        KafkaError::Transaction(t) if t.is_fatal() => Some(
+            fatal_cause(t.code())
+                .or_else(|| coordinator_ended(t.code()))
+                .unwrap_or(FatalCause::Client),
+        ),
         KafkaError::MessageConsumptionFatal(code) => {
             Some(fatal_cause(*code).unwrap_or(FatalCause::Client))
         }
@@ -515,14 +530,22 @@ impl FatalError {
         reason: &str,
     ) -> Option<FatalError> {
         let mut cause = kafka_error_fatal_cause(e)?;
-        let code = match e {
+        let mut code = match e {
             KafkaError::AdminOp(c) => *c,
             other => other.rdkafka_error_code()?,
         };
         // librdkafka reports a fenced producer as `__FATAL` ("Fatal error:
         // Local: This instance has been fenced by a newer instance: ...").
-        if cause == FatalCause::Client && reason.to_ascii_lowercase().contains("fenced") {
+        // Kafka 4 (transactions v2) reports a transaction the coordinator
+        // aborted on timeout as `INVALID_TXN_STATE` ([`coordinator_ended`]).
+        let lower = reason.to_ascii_lowercase();
+        if cause == FatalCause::Client && lower.contains("fenced") {
             cause = FatalCause::Fenced;
+        } else if cause == FatalCause::Client
+            && lower.contains("transactional operation in an invalid state")
+        {
+            cause = FatalCause::Fenced;
+            code = RDKafkaErrorCode::InvalidTransactionalState;
         }
         let (broker, detail) = split_broker(reason);
         Some(FatalError {
@@ -643,6 +666,13 @@ impl std::fmt::Display for FatalError {
             FatalCause::Authorization => write!(
                 f,
                 "Kafka authorization failed ({}{user} at {at})",
+                self.client
+            )?,
+            FatalCause::Fenced if self.code == RDKafkaErrorCode::InvalidTransactionalState => write!(
+                f,
+                "Kafka producer fenced ({} at {at}): the transaction coordinator aborted \
+                 its open transaction, which outlived transaction_timeout_ms (this process \
+                 was frozen or starved; Kafka 4 reports it as INVALID_TXN_STATE)",
                 self.client
             )?,
             FatalCause::Fenced => write!(
@@ -1180,6 +1210,32 @@ mod tests {
         );
         assert!(line.contains("SMSVOICE_INSTANCE_ID"), "{line}");
         assert!(!line.contains('\n'), "{line}");
+        // Kafka 4's answer to a producer ending a transaction its
+        // coordinator aborted on timeout (transactions v2).
+        let ended = FatalError::from_event(
+            &KafkaConfig::new("127.0.0.1:9092"),
+            "router producer",
+            &KafkaError::Global(RDKafkaErrorCode::Fatal),
+            "Fatal error: Broker: Producer attempted a transactional operation in an \
+             invalid state: Failed to end transaction: Broker: Producer attempted a \
+             transactional operation in an invalid state",
+        )
+        .expect("fatal");
+        assert_eq!(ended.cause, FatalCause::Fenced);
+        let line = ended.to_string();
+        assert!(
+            line.starts_with("Kafka producer fenced (router producer at 127.0.0.1:9092): "),
+            "{line}"
+        );
+        assert!(line.contains("transaction_timeout_ms"), "{line}");
+        assert_eq!(
+            coordinator_ended(RDKafkaErrorCode::InvalidTransactionalState),
+            Some(FatalCause::Fenced)
+        );
+        assert_eq!(
+            coordinator_ended(RDKafkaErrorCode::InvalidTransactionTimeout),
+            None
+        );
         // Any other fatal librdkafka error.
         let other = FatalError::from_event(
             &KafkaConfig::new("127.0.0.1:9092"),
