@@ -97,6 +97,7 @@ fn main() {
     let f = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log: {e}"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_smsvoice"))
         .args(["run", "--config"])
+        .env("SMSVOICE_HTTP__LISTEN", "127.0.0.1:0")
         .arg(&cfg)
         .env("RUST_LOG", "smsvoice=info")
         .stdin(Stdio::null())

@@ -45,6 +45,10 @@ pub struct Config {
     /// in file mode.
     #[serde(default)]
     pub kafka: Option<crate::kafka::KafkaConfig>,
+    /// HTTP server of `smsvoice run` and `smsvoice demo --serve`: probes,
+    /// metrics, the opt-out and spend API.
+    #[serde(default)]
+    pub http: crate::http::HttpConfig,
 }
 
 /// Why a configuration cannot be used. Every message is one line naming the
@@ -261,6 +265,7 @@ impl Config {
         if k.input_topics.all().is_empty() {
             return Err("kafka.input_topics lists no topic".into());
         }
+        self.http.validate()?;
         if let Some(uri) = &self.archive.uri {
             self.archive.validate()?;
             if uri.starts_with("s3://") {

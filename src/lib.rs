@@ -21,6 +21,7 @@ pub mod demo;
 pub mod enrich;
 pub mod file_mode;
 pub mod generate;
+pub mod http;
 pub mod kafka;
 pub mod limits;
 pub mod model;

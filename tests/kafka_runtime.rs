@@ -145,6 +145,7 @@ impl Instance {
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_smsvoice"))
             .args(["run", "--config"])
+            .env("SMSVOICE_HTTP__LISTEN", "127.0.0.1:0")
             .arg(config)
             .env(
                 "RUST_LOG",

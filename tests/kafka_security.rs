@@ -102,6 +102,7 @@ impl Run {
         let stderr = dir.path().join("stderr.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_smsvoice"));
         cmd.args(["run", "--config"])
+            .env("SMSVOICE_HTTP__LISTEN", "127.0.0.1:0")
             .arg(&cfg)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -539,6 +539,14 @@ impl FatalError {
         // Kafka 4 (transactions v2) reports a transaction the coordinator
         // aborted on timeout as `INVALID_TXN_STATE` ([`coordinator_ended`]).
         let lower = reason.to_ascii_lowercase();
+        // A connection lost during the SASL handshake (a broker restarting)
+        // is reported as `__AUTHENTICATION` ("SASL SCRAM-SHA-512 mechanism
+        // handshake failed: Local: Broker transport failure: broker's
+        // supported mechanisms: (n/a)"): the broker refused nothing, the
+        // next connection retries.
+        if cause == FatalCause::Authentication && lower.contains("broker transport failure") {
+            return None;
+        }
         if cause == FatalCause::Client && lower.contains("fenced") {
             cause = FatalCause::Fenced;
         } else if cause == FatalCause::Client
@@ -1236,6 +1244,25 @@ mod tests {
             coordinator_ended(RDKafkaErrorCode::InvalidTransactionTimeout),
             None
         );
+        // A connection lost in the SASL handshake (a broker restarting) is
+        // reported as an authentication error, and is not one.
+        assert!(FatalError::from_event(
+            &sasl_config(),
+            "restore reader",
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "GroupCoordinator: SASL SCRAM-SHA-512 mechanism handshake failed: Local: Broker \
+             transport failure: broker's supported mechanisms: (n/a) (after 0ms in state DOWN)",
+        )
+        .is_none());
+        assert!(FatalError::from_event(
+            &sasl_config(),
+            "restore reader",
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error: Authentication \
+             failed during authentication due to invalid credentials with SASL mechanism \
+             SCRAM-SHA-512",
+        )
+        .is_some());
         // Any other fatal librdkafka error.
         let other = FatalError::from_event(
             &KafkaConfig::new("127.0.0.1:9092"),

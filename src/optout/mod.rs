@@ -679,6 +679,49 @@ impl OptOutEngine {
         out
     }
 
+    /// Is `name` a list of this engine (configured, [`DEFAULT_LIST`], or
+    /// read back from the changelog)?
+    pub fn has_list(&self, name: &str) -> bool {
+        self.list_ids.contains_key(name)
+    }
+
+    /// The stored entry of `number` on `list`: opted out, since when (the
+    /// receive time of the deciding message, or the operator's request
+    /// time, epoch ms) and what decided it (an inboundMessageId, or
+    /// `operator:<request id>`). `None` when the number has no entry (it is
+    /// not opted out).
+    pub fn lookup(&self, list: &str, number: &str) -> Option<(bool, Option<i64>, Option<String>)> {
+        let id = *self.list_ids.get(list)?;
+        let e = self.lists.get(id)?.entries.get(number)?;
+        Some((e.opted_out, e.as_of, e.cause.as_ref().map(CauseId::text)))
+    }
+
+    /// An operator's decision (the API's PUT or DELETE): `number` opted out
+    /// of `list` (or back in) as of `at` (epoch ms), decided by `cause`. The
+    /// same last-writer-wins rule as a customer's keyword: a later message
+    /// of the customer overrides it, an earlier one does not. Returns the
+    /// changelog value when the stored entry changed.
+    pub fn decide_operator(
+        &mut self,
+        list: &str,
+        number: &str,
+        opted_out: bool,
+        at: i64,
+        cause: &str,
+    ) -> Option<OptOutChange> {
+        let id = self.intern_list(list);
+        let l = self.lists.get_mut(id)?;
+        l.decide(number, opted_out, Some(at), Some(cause))
+            .changed
+            .then(|| OptOutChange {
+                opt_out_list: list.to_owned(),
+                number: number.to_owned(),
+                opted_out,
+                as_of: Some(at),
+                cause: Some(cause.to_owned()),
+            })
+    }
+
     /// apply a change read back from a changelog (state restore); same ordering rule as handle_inbound; returns true if state changed
     ///
     /// A list not in the configuration is created. Applying the same change

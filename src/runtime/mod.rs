@@ -245,6 +245,13 @@ pub struct Metrics {
     pub archive_bytes: AtomicU64,
     /// Records read by any stage (a progress signal).
     pub progress: AtomicU64,
+    /// Partitions whose state is being restored now (all stages): the
+    /// instance is not ready while any is.
+    pub restoring: AtomicU64,
+    /// True once the replicated view has read every partition of its
+    /// topics up to where it ended at start ([`view`]): before, the opt-out
+    /// table may miss entries and the instance is not ready.
+    pub view_loaded: AtomicBool,
     /// The first fatal Kafka error any client of the instance reported
     /// (admin, consumers, producers, restore and replica readers): once set,
     /// the instance stops ([`Shared::fatal`]). Kept here, with the other
@@ -628,6 +635,20 @@ pub fn run_until_signal(cfg: Config) -> Result<(), RuntimeError> {
             return Err(e);
         }
     };
+    let server = match crate::http::start(instance.shared(), rt.handle()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = instance.stop(Duration::from_secs(5));
+            rt.shutdown_timeout(Duration::from_secs(1));
+            return Err(RuntimeError::Config(e.to_string()));
+        }
+    };
+    if let Some(s) = &server {
+        tracing::info!(
+            addr = %s.addr,
+            "http server listening (healthz, readyz, metrics, v1/opt-out-lists, v1/spend)"
+        );
+    }
     let metrics = instance.shared().metrics.clone();
     let why = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -652,6 +673,7 @@ pub fn run_until_signal(cfg: Config) -> Result<(), RuntimeError> {
     });
     tracing::info!(reason = why, "stopping");
     let r = instance.stop(grace);
+    drop(server);
     log_progress(&metrics);
     rt.shutdown_timeout(Duration::from_secs(1));
     r

@@ -612,6 +612,8 @@ fn handle_events<L: Logic>(
                 }
             }
             Event::Assigned(parts) => {
+                // Not ready while restoring (`/readyz`).
+                let _restoring = Restoring::new(shared, parts.len());
                 for c in committed_offsets(shared, logic.name(), consumer, &parts)? {
                     take_retrying(shared, logic, s, c)?;
                 }
@@ -620,6 +622,33 @@ fn handle_events<L: Logic>(
         }
     }
     Ok(())
+}
+
+/// Counts partitions being restored in [`super::Metrics::restoring`] for as
+/// long as it lives (an error leaving the restore early included).
+struct Restoring<'a> {
+    shared: &'a Shared,
+    n: u64,
+}
+
+impl<'a> Restoring<'a> {
+    fn new(shared: &'a Shared, n: usize) -> Restoring<'a> {
+        let n = n as u64;
+        shared
+            .metrics
+            .restoring
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Restoring { shared, n }
+    }
+}
+
+impl Drop for Restoring<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .metrics
+            .restoring
+            .fetch_sub(self.n, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// This process's instance id for transactional ids: `HOSTNAME` (the pod

@@ -2,17 +2,22 @@
 //! enrich `destinationOptedOut` of any message, whoever owns the customer)
 //! and every partial total (month-to-date spend in enriched events).
 //!
-//! One reader assigned every partition of the opt-out changelog and of
-//! `spend-partials` from their start, never committing (the view is rebuilt
-//! from the compacted topics on every start), with the isolation level of
-//! the run. The view is eventually consistent: an event is enriched with
-//! the opt-out state this instance has read so far.
+//! One reader assigned every partition of the opt-out changelog, of
+//! `spend-partials` and of the spend topic from their start, never
+//! committing (the view is rebuilt from the compacted topics on every
+//! start), with the isolation level of the run. The view is eventually
+//! consistent: an event is enriched with the opt-out state this instance
+//! has read so far. Until the reader has reached the end each partition had
+//! when it started ([`Metrics::view_loaded`](super::Metrics)), the instance
+//! is not ready and the opt-out API answers 503: a number looked up before
+//! its STOP was read back would be reported as not opted out.
 //!
 //! The records are versioned ([`Format::OptOutChange`],
 //! [`Format::SpendPartial`]); one that cannot be read stops the instance
 //! (fatal, naming topic, partition and offset) rather than being skipped:
 //! a skipped partial or opt-out would leave the view wrong for good.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -26,7 +31,10 @@ use super::{RuntimeError, Shared};
 use crate::kafka::admin::SPEND_PARTIALS;
 use crate::kafka::client::{ClientWatch, ErrorClass};
 use crate::kafka::{consumer_config, ClientError};
+use crate::model::Channel;
 use crate::optout::OptOutChange;
+use crate::spend::MonthKey;
+use crate::stages::totals::SpendState;
 use crate::stages::view::PartialTotal;
 
 /// Runs the replica until shutdown, recreating its reader after failures
@@ -59,16 +67,38 @@ fn attempt(shared: &Shared) -> Result<(), RuntimeError> {
         .map_err(|e| kafka("create replica consumer", e))?;
     let optout_topic = shared.kafka.output_topics.optout_changelog.clone();
     let partials_topic = shared.internal(SPEND_PARTIALS);
+    let spend_topic = shared.kafka.output_topics.spend.clone();
     let mut tpl = TopicPartitionList::new();
-    for t in [&optout_topic, &partials_topic] {
+    // Where each partition ended when the reader started: the view is
+    // loaded once the reader is at or past every one.
+    let mut ends: Vec<(String, i32, i64)> = Vec::new();
+    let loaded = &shared.metrics.view_loaded;
+    for t in [&optout_topic, &partials_topic, &spend_topic] {
         for p in 0..shared.partitions_of(t) {
             tpl.add_partition_offset(t, p, Offset::Beginning)
                 .map_err(|e| kafka("assign", e))?;
+            if !loaded.load(Ordering::Relaxed) {
+                let (_, high) = consumer
+                    .fetch_watermarks(t, p, super::stage::CALL_TIMEOUT)
+                    .map_err(|e| kafka("read watermarks", e))?;
+                if high > 0 {
+                    ends.push((t.clone(), p, high));
+                }
+            }
         }
     }
     consumer.assign(&tpl).map_err(|e| kafka("assign", e))?;
     let mut poll_errors = PollErrors::default();
+    let mut last_check = Instant::now();
     while !shared.stopping() {
+        if !ends.is_empty() && last_check.elapsed() >= Duration::from_millis(50) {
+            last_check = Instant::now();
+            reached(&consumer, &mut ends);
+        }
+        if ends.is_empty() && !loaded.load(Ordering::Relaxed) {
+            loaded.store(true, Ordering::Relaxed);
+            tracing::info!("replicated view loaded (opt-out table, partials, spend)");
+        }
         let Some(r) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
@@ -84,11 +114,44 @@ fn attempt(shared: &Shared) -> Result<(), RuntimeError> {
             if let Some(c) = Format::OptOutChange.decode::<OptOutChange>(&rec)? {
                 view_write(shared)?.apply_optout(&c);
             }
+        } else if m.topic() == spend_topic {
+            match Format::SpendState.decode::<SpendState>(&rec)? {
+                Some(s) => view_write(shared)?.apply_spend(s),
+                None => {
+                    if let Some((month, channel)) = rec.key.and_then(spend_key) {
+                        view_write(shared)?.remove_spend(month, channel);
+                    }
+                }
+            }
         } else if let Some(p) = Format::SpendPartial.decode::<PartialTotal>(&rec)? {
             view_write(shared)?.apply_partial(&p);
         }
     }
     Ok(())
+}
+
+/// Drops from `ends` every partition the reader's position has reached
+/// (transaction markers take offsets: the position, not the last record,
+/// says where the reader is).
+fn reached(consumer: &BaseConsumer<ClientWatch>, ends: &mut Vec<(String, i32, i64)>) {
+    let Ok(pos) = consumer.position() else {
+        return;
+    };
+    ends.retain(|(t, p, end)| {
+        let at = pos.find_partition(t, *p).and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        });
+        at.is_none_or(|o| o < *end)
+    });
+}
+
+/// The (month, channel) of a spend topic key (`YYYY-MM|CHANNEL`).
+fn spend_key(key: &[u8]) -> Option<(MonthKey, Channel)> {
+    let (month, channel) = std::str::from_utf8(key).ok()?.split_once('|')?;
+    let channel: Channel =
+        serde_json::from_value(serde_json::Value::String(channel.into())).ok()?;
+    Some((month.parse().ok()?, channel))
 }
 
 fn view_write(

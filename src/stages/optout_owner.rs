@@ -79,6 +79,10 @@ impl OptOutOwner {
     /// then dropped, as by the owner that processed it). A record that
     /// cannot be read names no position: nothing to remember.
     pub fn remember(&mut self, record: &[u8]) {
+        if record.starts_with(b"{\"operator\":") {
+            // An operator's change has no original position.
+            return;
+        }
         let mut intern = |s: &str| -> Arc<str> { Arc::from(s) };
         match forward::decode_inbound(record, &self.limits, &mut intern) {
             Ok((f, _, _)) => {
@@ -94,6 +98,29 @@ impl OptOutOwner {
 
     /// Processes one forwarded inbound record; `at` names it in a dead letter.
     pub fn process(&mut self, record: &[u8], at: &Provenance, out: &mut OptOutOutputs) {
+        if let Some(op) = forward::decode_operator(record) {
+            match op {
+                Ok(c) => {
+                    if let Some(change) = self.engine.decide_operator(
+                        &c.opt_out_list,
+                        &c.number,
+                        c.opted_out,
+                        c.at,
+                        &c.cause(),
+                    ) {
+                        out.changes.push(change);
+                    }
+                }
+                Err(reason) => out.dead_letters.push(DeadLetter {
+                    reason,
+                    payload: record.to_vec(),
+                    inner_payload: None,
+                    envelopes: vec![],
+                    provenance: at.clone(),
+                }),
+            }
+            return;
+        }
         let mut intern = |s: &str| -> Arc<str> { Arc::from(s) };
         let (f, msg, has_keys) = match forward::decode_inbound(record, &self.limits, &mut intern) {
             Ok(x) => x,

@@ -1,6 +1,9 @@
 //! What every instance replicates from compacted topics: the whole opt-out
-//! table (to enrich `destinationOptedOut` for any message) and the partial
-//! totals of every message-owner partition (month-to-date spend).
+//! table (to enrich `destinationOptedOut` for any message, and to answer the
+//! opt-out API), the partial totals of every message-owner partition
+//! (month-to-date spend in enriched events) and the published spend state of
+//! every (month, channel) (the spend API and the Prometheus gauges: exactly
+//! what the spend topic says, alarms and limit included).
 
 use std::collections::BTreeMap;
 
@@ -9,6 +12,7 @@ use crate::money::Usd;
 use crate::optout::config::OptOutConfig;
 use crate::optout::{OptOutChange, OptOutEngine};
 use crate::spend::{MonthKey, Totals};
+use crate::stages::totals::SpendState;
 
 /// The partial totals of one message-owner partition for one (month, channel):
 /// the value of the spend-partials changelog (key `month|channel|partition`).
@@ -39,6 +43,7 @@ impl PartialTotal {
 pub struct View {
     optout: OptOutEngine,
     partials: BTreeMap<(MonthKey, Channel), BTreeMap<i32, Totals>>,
+    spend: BTreeMap<(MonthKey, Channel), SpendState>,
 }
 
 impl View {
@@ -47,6 +52,7 @@ impl View {
         View {
             optout: OptOutEngine::new(cfg),
             partials: BTreeMap::new(),
+            spend: BTreeMap::new(),
         }
     }
 
@@ -98,5 +104,22 @@ impl View {
     /// The replicated opt-out table.
     pub fn optout(&self) -> &OptOutEngine {
         &self.optout
+    }
+
+    /// Applies a value of the spend topic (the latest per (month, channel)
+    /// is kept).
+    pub fn apply_spend(&mut self, s: SpendState) {
+        self.spend.insert((s.month, s.channel), s);
+    }
+
+    /// Forgets a (month, channel) of the spend topic (a deleted key).
+    pub fn remove_spend(&mut self, month: MonthKey, channel: Channel) {
+        self.spend.remove(&(month, channel));
+    }
+
+    /// The published spend state of every (month, channel), by month then
+    /// channel.
+    pub fn spend(&self) -> &BTreeMap<(MonthKey, Channel), SpendState> {
+        &self.spend
     }
 }

@@ -263,6 +263,70 @@ pub fn encode_idle(source: &str, partition: i32, at: i64) -> Vec<u8> {
     out
 }
 
+/// An operator's change of one number's opt-out state (the HTTP API's PUT
+/// and DELETE, the equivalents of the service's PutOptedOutNumber and
+/// DeleteOptedOutNumber). The instance that served the request sends it to
+/// partition `partition_of(number)` (the router's placement) of
+/// `inbound-by-number`, so the owner of the number decides it in order with
+/// the customer's own messages and writes the result to the opt-out
+/// changelog, which every instance reads:
+/// `{"operator":{"optOutList":"Default","number":"+14255550100","optedOut":true,"at":1762000000000,"requestId":"..."}}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OperatorChange {
+    /// The list.
+    pub opt_out_list: String,
+    /// The customer number (E.164).
+    pub number: String,
+    /// Opted out (PUT) or back in (DELETE).
+    pub opted_out: bool,
+    /// When the operator asked, epoch ms (the decision's time).
+    pub at: i64,
+    /// The request's id (the cause stored with the entry:
+    /// `operator:<requestId>`).
+    pub request_id: String,
+}
+
+impl OperatorChange {
+    /// The cause stored with the entry it decides.
+    pub fn cause(&self) -> String {
+        format!("operator:{}", self.request_id)
+    }
+}
+
+const OPERATOR_PREFIX: &[u8] = b"{\"operator\":";
+
+#[derive(serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorWire {
+    operator: OperatorChange,
+}
+
+/// The record of an operator's change.
+pub fn encode_operator(c: &OperatorChange) -> Vec<u8> {
+    // Serialising plain strings, numbers and booleans cannot fail.
+    serde_json::to_vec(&OperatorWire {
+        operator: c.clone(),
+    })
+    .unwrap_or_default()
+}
+
+/// If `bytes` is an operator's change, the change (`Some(Err)` for one that
+/// does not parse).
+pub fn decode_operator(bytes: &[u8]) -> Option<Result<OperatorChange, Reason>> {
+    if !bytes.starts_with(OPERATOR_PREFIX) {
+        return None;
+    }
+    Some(
+        serde_json::from_slice::<OperatorWire>(bytes)
+            .map(|w| w.operator)
+            .map_err(|e| Reason::InvalidEnvelope {
+                envelope: "operator-change",
+                detail: e.to_string(),
+            }),
+    )
+}
+
 /// A decoded idle marker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdleMarker {

@@ -1,0 +1,225 @@
+//! `/metrics`: Prometheus text format, rendered by
+//! `metrics-exporter-prometheus` from the instance's counters and
+//! replicated view at each scrape (nothing is formatted by hand, nothing is
+//! added to the per-record path). Every metric is listed in the README
+//! ("Operating"). The spend gauges are a display of the exact decimal
+//! totals of the spend topic (a float is fine for a graph; the money path
+//! and the API stay exact).
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use super::AppState;
+use crate::model::Channel;
+use crate::money::Usd;
+use crate::runtime::Metrics;
+use crate::spend::alarms::AlarmState;
+
+/// The recorder of one server (not the process-wide one: two instances in
+/// one process, as in tests, keep their own).
+pub(crate) struct Exporter {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl Exporter {
+    pub(crate) fn new() -> Exporter {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        Exporter { recorder, handle }
+    }
+}
+
+/// The name of the spend gauge of `channel`, after the service's
+/// CloudWatch metrics (`TextMessageMonthlySpend`, ...).
+pub fn spend_gauge(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Sms => "smsvoice_text_message_monthly_spend_usd",
+        Channel::Mms => "smsvoice_media_message_monthly_spend_usd",
+        Channel::Voice => "smsvoice_voice_message_monthly_spend_usd",
+        Channel::Rcs => "smsvoice_rcs_message_monthly_spend_usd",
+    }
+}
+
+/// A display value of an exact amount.
+fn display(u: Usd) -> f64 {
+    u.to_string().parse().unwrap_or(f64::NAN)
+}
+
+fn describe() {
+    for c in Channel::ALL {
+        describe_gauge!(
+            spend_gauge(c),
+            Unit::Count,
+            "Month-to-date spend of the channel in USD, as the spend topic publishes it (label month, YYYY-MM)"
+        );
+    }
+    describe_gauge!(
+        "smsvoice_monthly_messages",
+        "Distinct messages counted in a month's spend (labels channel, month)"
+    );
+    describe_gauge!(
+        "smsvoice_spend_alarm_state",
+        "1 while a spend alarm is in ALARM in a month, 0 in OK (labels alarm, channel, month)"
+    );
+    describe_gauge!(
+        "smsvoice_spend_alarm_threshold_usd",
+        "Configured threshold of a spend alarm in USD (labels alarm, channel)"
+    );
+    describe_gauge!(
+        "smsvoice_spend_limit_usd",
+        "Configured enforced monthly limit in USD (label channel)"
+    );
+    describe_gauge!(
+        "smsvoice_spend_limit_reached",
+        "1 once LIMIT_REACHED was emitted for a channel in a month (labels channel, month)"
+    );
+    describe_counter!(
+        "smsvoice_records_in_total",
+        "Records read by a stage (label stage: router, messages, optouts, totals, archive)"
+    );
+    describe_counter!(
+        "smsvoice_dead_letters_total",
+        "Records written to the dead-letter topic (router and owners)"
+    );
+    describe_counter!(
+        "smsvoice_alarm_records_total",
+        "Alarm state changes and LIMIT_REACHED records written"
+    );
+    describe_counter!(
+        "smsvoice_commits_total",
+        "Commit points done (transactions or offset commits), all stages"
+    );
+    describe_counter!(
+        "smsvoice_rewinds_total",
+        "Rewinds to the last commit after an abortable error or a rebalance inside a transaction"
+    );
+    describe_counter!(
+        "smsvoice_refetches_total",
+        "Partitions re-read after the broker skipped offsets"
+    );
+    describe_counter!(
+        "smsvoice_restored_records_total",
+        "Changelog and retained records read to restore state"
+    );
+    describe_counter!(
+        "smsvoice_restore_seconds_total",
+        Unit::Seconds,
+        "Time spent restoring state"
+    );
+    describe_counter!(
+        "smsvoice_archive_rows_total",
+        "Rows appended to archive files"
+    );
+    describe_counter!("smsvoice_archive_files_total", "Archive files made durable");
+    describe_counter!(
+        "smsvoice_archive_bytes_total",
+        Unit::Bytes,
+        "Bytes of the archive files made durable"
+    );
+    describe_counter!(
+        "smsvoice_archive_repeats_total",
+        "Records the archive dropped as repeats of an at-least-once replay"
+    );
+    describe_gauge!(
+        "smsvoice_restoring_partitions",
+        "Partitions whose state is being restored now"
+    );
+    describe_gauge!("smsvoice_view_loaded", "1 once the replicated view (opt-out table, spend) has read its topics to where they ended at start");
+    describe_gauge!("smsvoice_ready", "1 when /readyz answers 200");
+}
+
+/// Sets every metric from the instance's state (inside the server's
+/// recorder).
+fn update(state: &AppState, ready: bool) {
+    describe();
+    let shared = &state.shared;
+    let m = &shared.metrics;
+    let cfg = &shared.cfg.spend;
+    for a in &cfg.alarms {
+        gauge!("smsvoice_spend_alarm_threshold_usd", "alarm" => a.name.clone(), "channel" => a.channel.as_str())
+            .set(display(a.threshold_usd));
+    }
+    for l in &cfg.limits {
+        gauge!("smsvoice_spend_limit_usd", "channel" => l.channel.as_str())
+            .set(display(l.monthly_limit_usd));
+    }
+    if let Ok(view) = shared.view.read() {
+        for ((month, channel), s) in view.spend() {
+            let month = month.to_string();
+            gauge!(spend_gauge(*channel), "month" => month.clone()).set(display(s.spend_usd));
+            gauge!("smsvoice_monthly_messages", "channel" => channel.as_str(), "month" => month.clone())
+                .set(s.messages as f64);
+            for a in cfg.alarms.iter().filter(|a| a.channel == *channel) {
+                let st = s
+                    .alarms
+                    .alarms
+                    .iter()
+                    .find(|e| e.name == a.name)
+                    .map_or(AlarmState::Ok, |e| e.state);
+                gauge!("smsvoice_spend_alarm_state", "alarm" => a.name.clone(), "channel" => channel.as_str(), "month" => month.clone())
+                    .set(if st == AlarmState::Alarm { 1.0 } else { 0.0 });
+            }
+            if cfg.limits.iter().any(|l| l.channel == *channel) {
+                gauge!("smsvoice_spend_limit_reached", "channel" => channel.as_str(), "month" => month.clone())
+                    .set(if s.alarms.limit_reached { 1.0 } else { 0.0 });
+            }
+        }
+    }
+    for (stage, c) in [
+        ("router", &m.router_records),
+        ("messages", &m.events),
+        ("optouts", &m.inbound),
+        ("totals", &m.partials),
+        ("archive", &m.archive_records),
+    ] {
+        counter!("smsvoice_records_in_total", "stage" => stage).absolute(Metrics::get(c));
+    }
+    for (name, c) in [
+        ("smsvoice_dead_letters_total", &m.dead_letters),
+        ("smsvoice_alarm_records_total", &m.alarms),
+        ("smsvoice_commits_total", &m.commits),
+        ("smsvoice_rewinds_total", &m.rewinds),
+        ("smsvoice_refetches_total", &m.refetches),
+        ("smsvoice_restored_records_total", &m.restored_records),
+        ("smsvoice_archive_rows_total", &m.archive_rows),
+        ("smsvoice_archive_files_total", &m.archive_files),
+        ("smsvoice_archive_bytes_total", &m.archive_bytes),
+        ("smsvoice_archive_repeats_total", &m.archive_repeats),
+    ] {
+        counter!(name).absolute(Metrics::get(c));
+    }
+    counter!("smsvoice_restore_seconds_total").absolute(Metrics::get(&m.restore_ms) / 1000);
+    gauge!("smsvoice_restoring_partitions").set(Metrics::get(&m.restoring) as f64);
+    gauge!("smsvoice_view_loaded").set(if m.view_loaded.load(Ordering::Relaxed) {
+        1.0
+    } else {
+        0.0
+    });
+    gauge!("smsvoice_ready").set(if ready { 1.0 } else { 0.0 });
+}
+
+/// The text of a scrape.
+pub(crate) async fn render(state: &AppState) -> String {
+    let ready = super::health::not_ready_reasons(state).await.is_empty();
+    let exporter = state.metrics.clone();
+    metrics::with_local_recorder(&exporter.recorder, || update(state, ready));
+    exporter.handle.render()
+}
+
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let body = render(&state).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,512 @@
+//! The HTTP server of `smsvoice run` against Apache Kafka on loopback
+//! (installed by `scripts/install-kafka.sh`): two instances of one group,
+//! `a` with a bearer token read from a file (`SMSVOICE_HTTP__TOKEN_FILE`),
+//! `b` with none (writes disabled). Over HTTP, checked against the
+//! generator's truth and the output topics read independently:
+//!
+//! - `/metrics`, parsed by the Python `prometheus_client` text parser: the
+//!   spend gauges equal the spend topic's totals for every (month, channel);
+//! - `/v1/spend`: exact decimal totals equal to the spend topic and to the
+//!   generator's truth, alarm states;
+//! - `/v1/opt-out-lists/...`: the generator's opt-out truth on both
+//!   instances; the auth rules (writes disabled, no token, wrong token,
+//!   right token); a PUT that shows up in the changelog topic and in the
+//!   other instance's GET, a DELETE likewise; every bad input a 4xx JSON
+//!   error;
+//! - `/readyz` 503 while the broker is stopped, 200 after it restarts;
+//!   both instances then stop cleanly on SIGTERM.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use smsvoice::config::EMBEDDED_DEFAULT;
+use smsvoice::generate::{generate, Workload};
+
+use support::kafka::{consume_all, kafka_or_skip, produce_all, KafkaBroker};
+use support::outputs::{expected_spend, latest, spend_of};
+
+const INPUT: &str = "http-input";
+const PARTITIONS: i32 = 3;
+const TOKEN: &str = "test-token-0123456789abcdef";
+const FRESH: &str = "+14255559999";
+
+struct Instance {
+    child: Child,
+    log: PathBuf,
+    base: String,
+}
+
+impl Instance {
+    fn start(config: &Path, name: &str, dir: &Path, token_file: Option<&Path>) -> Instance {
+        let log = dir.join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_smsvoice"));
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env("SMSVOICE_HTTP__LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "smsvoice=info")
+            .env("SMSVOICE_INSTANCE_ID", name)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("log handle"))
+            .stderr(f);
+        if let Some(t) = token_file {
+            cmd.env("SMSVOICE_HTTP__TOKEN_FILE", t);
+        }
+        let child = cmd.spawn().expect("start smsvoice run");
+        let start = Instant::now();
+        let base = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let addr = text
+                .lines()
+                .filter(|l| l.contains("http server listening"))
+                .find_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                        .map(str::to_owned)
+                });
+            if let Some(a) = addr {
+                break format!("http://{a}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "{name}: no listening line after 90 s\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        Instance { child, log, base }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `method path` with an optional bearer token: status and JSON body
+    /// (`Value::Null` when the body is not JSON).
+    fn call(&self, method: &str, path: &str, auth: Option<&str>) -> (u16, serde_json::Value) {
+        let mut req =
+            ureq::request(method, &format!("{}{path}", self.base)).timeout(Duration::from_secs(30));
+        if let Some(a) = auth {
+            req = req.set("Authorization", a);
+        }
+        let (status, body) = match req.call() {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        };
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn text(&self, path: &str) -> String {
+        ureq::get(&format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log_text()))
+            .into_string()
+            .expect("body")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(timeout: Duration, mut check: impl FnMut() -> Option<String>, logs: &[&Instance]) {
+    let start = Instant::now();
+    loop {
+        match check() {
+            None => return,
+            Some(why) if start.elapsed() > timeout => {
+                let tails: Vec<String> = logs
+                    .iter()
+                    .map(|i| {
+                        let t = i.log_text();
+                        let from = t.len().saturating_sub(6000);
+                        t.get(from..).unwrap_or_default().to_owned()
+                    })
+                    .collect();
+                panic!(
+                    "not converged after {timeout:?}: {why}\n{}",
+                    tails.join("\n---\n")
+                )
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+fn read(bootstrap: &str, topic: &str) -> Vec<support::kafka::Consumed> {
+    consume_all(bootstrap, topic, usize::MAX, Duration::from_secs(3), false)
+}
+
+/// The samples of a scrape as the Python `prometheus_client` parser reads
+/// them: (name, labels, value).
+fn parse_metrics(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    const PARSER: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        print(json.dumps([s.name, s.labels, s.value]))
+"#;
+    let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .args(["-c", PARSER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/install-test-tools.sh installs prometheus_client)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write scrape");
+    let out = child.wait_with_output().expect("parser");
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the scrape: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (name, labels, value): (String, BTreeMap<String, String>, f64) =
+                serde_json::from_str(l).expect("parser line");
+            (name, labels, value)
+        })
+        .collect()
+}
+
+fn gauge_of(channel: &str) -> &'static str {
+    match channel {
+        "SMS" => "smsvoice_text_message_monthly_spend_usd",
+        "MMS" => "smsvoice_media_message_monthly_spend_usd",
+        "VOICE" => "smsvoice_voice_message_monthly_spend_usd",
+        "RCS" => "smsvoice_rcs_message_monthly_spend_usd",
+        other => panic!("channel {other}"),
+    }
+}
+
+#[test]
+fn http_api_against_a_real_broker() {
+    if !kafka_or_skip("the HTTP server") {
+        return;
+    }
+    let mut broker = KafkaBroker::start();
+    let bootstrap = broker.bootstrap.clone();
+    support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("smsvoice.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{EMBEDDED_DEFAULT}\n[kafka]\nbootstrap_servers = {bootstrap:?}\ngroup_id = \"http\"\n\
+             partitions = {PARTITIONS}\ncommit_interval_ms = 500\nshutdown_grace_ms = 20000\n\
+             [kafka.input_topics]\nevents = [{INPUT:?}]\ninbound = [{INPUT:?}]\n\
+             [http]\nwrite_timeout_ms = 20000\n"
+        ),
+    )
+    .expect("config");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let g = generate(&Workload {
+        seed: 1313,
+        messages: 3_000,
+        ..Workload::default()
+    });
+    let want = expected_spend(&g);
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
+        g.records.iter().map(|r| (None, r.clone())).collect();
+    let a = Instance::start(&cfg, "a", dir.path(), Some(&token_file));
+    let b = Instance::start(&cfg, "b", dir.path(), None);
+    produce_all(&bootstrap, INPUT, PARTITIONS, &records);
+    wait_until(
+        Duration::from_secs(240),
+        || {
+            let got = spend_of(&read(&bootstrap, "smsvoice.spend"));
+            (got != want).then(|| format!("spend {got:?}\nwant {want:?}"))
+        },
+        &[&a, &b],
+    );
+    for i in [&a, &b] {
+        wait_until(
+            Duration::from_secs(60),
+            || {
+                let (s, body) = i.call("GET", "/readyz", None);
+                (s != 200).then(|| format!("{} /readyz {s} {body}", i.base))
+            },
+            &[i],
+        );
+        assert_eq!(i.call("GET", "/healthz", None).0, 200);
+    }
+
+    // The published totals, per (month, channel), as the topic has them.
+    let topic_spend = spend_of(&read(&bootstrap, "smsvoice.spend"));
+    // /v1/spend: exact strings, equal to the topic and to the truth, on
+    // both instances (each has replicated the spend topic).
+    let months: std::collections::BTreeSet<String> = want.keys().map(|(m, _)| m.clone()).collect();
+    assert!(months.len() >= 2, "months {months:?}");
+    for i in [&a, &b] {
+        // The totals stage may still publish a last value after the check
+        // above; wait for the view to have it.
+        wait_until(
+            Duration::from_secs(30),
+            || {
+                for m in &months {
+                    let (s, body) = i.call("GET", &format!("/v1/spend?month={m}"), None);
+                    if s != 200 {
+                        return Some(format!("/v1/spend {s} {body}"));
+                    }
+                    for c in body["channels"].as_array().cloned().unwrap_or_default() {
+                        let ch = c["channel"].as_str().unwrap_or_default().to_owned();
+                        let got = (
+                            c["spendUsd"].as_str().unwrap_or_default().to_owned(),
+                            c["messages"].as_u64().unwrap_or(0),
+                        );
+                        match want.get(&(m.clone(), ch.clone())) {
+                            Some(w) if *w == got => {}
+                            None if got.1 == 0 => {}
+                            other => return Some(format!("{m} {ch}: {got:?}, want {other:?}")),
+                        }
+                    }
+                }
+                None
+            },
+            &[i],
+        );
+    }
+    let (_, one) = a.call(
+        "GET",
+        &format!("/v1/spend?month={}", months.iter().next().expect("month")),
+        None,
+    );
+    for c in one["channels"].as_array().expect("channels") {
+        for al in c["alarms"].as_array().expect("alarms") {
+            let st = al["state"].as_str().unwrap_or_default();
+            assert!(st == "OK" || st == "ALARM", "{al}");
+        }
+    }
+
+    // /metrics through a real exposition-format parser: every spend gauge
+    // equals the spend topic's total for its (month, channel).
+    let samples = parse_metrics(&a.text("/metrics"));
+    let mut gauges: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for (name, labels, value) in &samples {
+        for ch in ["SMS", "MMS", "VOICE", "RCS"] {
+            if name == gauge_of(ch) {
+                gauges.insert((labels["month"].clone(), ch.to_owned()), *value);
+            }
+        }
+    }
+    for ((m, ch), (spend, _)) in &topic_spend {
+        let g = gauges
+            .get(&(m.clone(), ch.clone()))
+            .unwrap_or_else(|| panic!("no gauge for {m} {ch}: {gauges:?}"));
+        let want: f64 = spend.parse().expect("decimal");
+        assert_eq!(*g, want, "{m} {ch}: gauge {g}, topic {spend}");
+    }
+    for (k, v) in &gauges {
+        assert!(
+            topic_spend.contains_key(k) || *v == 0.0,
+            "a gauge the topic does not have: {k:?} = {v}"
+        );
+    }
+    let names: std::collections::BTreeSet<&str> =
+        samples.iter().map(|(n, _, _)| n.as_str()).collect();
+    for n in [
+        "smsvoice_records_in_total",
+        "smsvoice_dead_letters_total",
+        "smsvoice_spend_alarm_state",
+        "smsvoice_spend_alarm_threshold_usd",
+        "smsvoice_spend_limit_usd",
+        "smsvoice_ready",
+    ] {
+        assert!(names.contains(n), "{n} missing from {names:?}");
+    }
+    let ready = samples
+        .iter()
+        .find(|(n, _, _)| n == "smsvoice_ready")
+        .map(|s| s.2);
+    assert_eq!(ready, Some(1.0));
+
+    // The opt-out table of the truth, on both instances.
+    let opted_out = g
+        .truth
+        .optouts
+        .iter()
+        .find(|(_, &v)| v)
+        .map(|(k, _)| k.clone())
+        .expect("an opted-out number in the truth");
+    let opted_in = g
+        .truth
+        .optouts
+        .iter()
+        .find(|(_, &v)| !v)
+        .map(|(k, _)| k.clone());
+    for i in [&a, &b] {
+        let (s, body) = i.call(
+            "GET",
+            &format!("/v1/opt-out-lists/{}/numbers/{}", opted_out.0, opted_out.1),
+            None,
+        );
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["optedOut"], true, "{body}");
+        assert!(body["cause"]["inboundMessageId"].is_string(), "{body}");
+        assert!(body["since"].is_string(), "{body}");
+        if let Some((l, n)) = &opted_in {
+            let (s, body) = i.call("GET", &format!("/v1/opt-out-lists/{l}/numbers/{n}"), None);
+            assert_eq!(
+                (s, &body["optedOut"]),
+                (200, &serde_json::Value::Bool(false)),
+                "{body}"
+            );
+        }
+        let (s, body) = i.call(
+            "GET",
+            &format!("/v1/opt-out-lists/Default/numbers/{FRESH}"),
+            None,
+        );
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["optedOut"], false, "{body}");
+        assert!(body["cause"].is_null() && body["since"].is_null(), "{body}");
+    }
+
+    // Bad input: a 4xx JSON error, never a crash.
+    for (path, want_status) in [
+        ("/v1/opt-out-lists/Default/numbers/4255550100", 400),
+        ("/v1/opt-out-lists/Default/numbers/+1%20425", 400),
+        ("/v1/opt-out-lists/Default/numbers/+12345678901234567", 400),
+        ("/v1/opt-out-lists/NoSuchList/numbers/+14255550100", 404),
+        ("/v1/spend?month=2025-13", 400),
+        ("/v1/spend?month=November", 400),
+        ("/v1/spend?when=2025-11", 400),
+        ("/v1/nothing-here", 404),
+    ] {
+        let (s, body) = a.call("GET", path, None);
+        assert_eq!(s, want_status, "GET {path}: {body}");
+        assert!(body["error"].is_string(), "GET {path}: {body}");
+    }
+    let bearer = format!("Bearer {TOKEN}");
+    let (s, body) = a.call(
+        "PUT",
+        "/v1/opt-out-lists/Default/numbers/425",
+        Some(&bearer),
+    );
+    assert_eq!(s, 400, "{body}");
+
+    // The auth rules.
+    let path = format!("/v1/opt-out-lists/Default/numbers/{FRESH}");
+    let (s, body) = b.call("PUT", &path, Some(&bearer));
+    assert_eq!(s, 403, "writes disabled without a token: {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("disabled"),
+        "{body}"
+    );
+    let (s, body) = a.call("PUT", &path, None);
+    assert_eq!(s, 401, "no token: {body}");
+    let (s, body) = a.call("PUT", &path, Some("Bearer not-the-token-0123456789"));
+    assert_eq!(s, 403, "wrong token: {body}");
+    let (s, body) = a.call("PUT", &path, Some(TOKEN));
+    assert_eq!(s, 401, "not a bearer header: {body}");
+    // Nothing was written by the refused requests.
+    let (_, body) = a.call("GET", &path, None);
+    assert_eq!(body["optedOut"], false, "{body}");
+
+    // The right token: the owner decides, the changelog has it, the other
+    // instance reads it.
+    let (s, body) = a.call("PUT", &path, Some(&bearer));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["optedOut"], true, "{body}");
+    let request = body["cause"]["operator"]["requestId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("operator cause: {body}"))
+        .to_owned();
+    let key = format!("Default|{FRESH}").into_bytes();
+    let entry = |bootstrap: &str| -> Option<serde_json::Value> {
+        latest(&read(bootstrap, "smsvoice.optout-changelog"))
+            .get(&key)
+            .and_then(|v| serde_json::from_slice(v).ok())
+    };
+    let c = entry(&bootstrap).expect("the PUT in the changelog topic");
+    assert_eq!(c["optedOut"], true, "{c}");
+    assert_eq!(c["cause"], format!("operator:{request}"), "{c}");
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            let (s, body) = b.call("GET", &path, None);
+            (body["optedOut"] != true || s != 200).then(|| format!("b: {s} {body}"))
+        },
+        &[&b],
+    );
+    let (s, body) = a.call("DELETE", &path, Some(&bearer));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["optedOut"], false, "{body}");
+    let c = entry(&bootstrap).expect("the DELETE in the changelog topic");
+    assert_eq!(c["optedOut"], false, "{c}");
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            let (s, body) = b.call("GET", &path, None);
+            (body["optedOut"] != false || s != 200).then(|| format!("b: {s} {body}"))
+        },
+        &[&b],
+    );
+
+    // Readiness follows the broker.
+    broker.stop();
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            let (s, body) = a.call("GET", "/readyz", None);
+            let why = body["reasons"].to_string();
+            (s != 503 || !why.contains("broker unreachable")).then(|| format!("{s} {body}"))
+        },
+        &[&a],
+    );
+    assert_eq!(
+        a.call("GET", "/healthz", None).0,
+        200,
+        "alive while the broker is down"
+    );
+    broker.restart();
+    wait_until(
+        Duration::from_secs(120),
+        || {
+            let (s, body) = a.call("GET", "/readyz", None);
+            (s != 200).then(|| format!("{s} {body}"))
+        },
+        &[&a],
+    );
+
+    for mut i in [a, b] {
+        let pid = i.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = Instant::now();
+        let status = loop {
+            if let Ok(Some(st)) = i.child.try_wait() {
+                break st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "still running 90 s after SIGTERM\n{}",
+                i.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(status.success(), "{status}\n{}", i.log_text());
+    }
+}
