@@ -1,8 +1,9 @@
 //! The configuration file (TOML) of the shell: the core's sections
 //! (`[spend]`, `[optout]`, `[limits]`, defined next to the rules they
 //! configure: [`crate::spend::config`], [`crate::optout::config`],
-//! [`crate::limits`]) plus the shell's (`[archive]`, `[kafka]`). The core
-//! takes a [`CoreConfig`], which names only its own sections.
+//! [`crate::limits`]) plus the shell's (`[archive]`, `[kafka]`, `[http]`,
+//! `[log]`). The core takes a [`CoreConfig`], which names only its own
+//! sections.
 //!
 //! Typed configuration (TOML). Every struct rejects unknown keys, so a typo is
 //! an error that names the key instead of a silently ignored setting.
@@ -49,6 +50,10 @@ pub struct Config {
     /// metrics, the opt-out and spend API.
     #[serde(default)]
     pub http: crate::http::HttpConfig,
+    /// Log lines: text or JSON, the filter, whether personal data may
+    /// appear (see [`crate::log`]).
+    #[serde(default)]
+    pub log: crate::log::LogConfig,
 }
 
 /// Why a configuration cannot be used. Every message is one line naming the
@@ -245,6 +250,7 @@ impl Config {
         self.limits.validate()?;
         self.spend.validate()?;
         self.optout.validate()?;
+        self.log.validate()?;
         Ok(())
     }
 
@@ -507,6 +513,7 @@ response = "You are subscribed. Reply STOP to stop."
             "# [limits]",
             "# [archive.uploads]",
             "# [archive.retry]",
+            "# [log]",
         ];
         let mut out = Vec::new();
         let mut uncommenting = false;
@@ -531,6 +538,10 @@ response = "You are subscribed. Reply STOP to stop."
         let uncommented = out.join("\n");
         assert!(
             uncommented.contains("\n[limits]\nmax_clock_skew"),
+            "{uncommented}"
+        );
+        assert!(
+            uncommented.contains("\n[log]\nformat = \"text\""),
             "{uncommented}"
         );
         let a = Config::from_toml(TEMPLATE, "template").expect("template");

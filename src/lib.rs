@@ -24,6 +24,7 @@ pub mod generate;
 pub mod http;
 pub mod kafka;
 pub mod limits;
+pub mod log;
 pub mod model;
 pub mod money;
 pub mod optout;

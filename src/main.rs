@@ -144,16 +144,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: log files and collectors get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    // `run`, `process` and `demo` log as the `[log]` of their configuration
+    // says once it is loaded (`smsvoice::log::init`); the other commands
+    // log warnings and errors as text.
+    if !matches!(
+        cli.command,
+        Command::Run { .. } | Command::Process { .. } | Command::Demo { .. }
+    ) {
+        smsvoice::log::init_plain();
+    }
     match cli.command {
         Command::Run {
             config,
@@ -184,6 +184,7 @@ fn main() -> ExitCode {
                 eprintln!("smsvoice: invalid config {}: {e}", config.display());
                 return ExitCode::from(2);
             }
+            smsvoice::log::init(&cfg.log);
             match smsvoice::runtime::run_until_signal(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 // One line, and the exit code of its class
@@ -207,6 +208,15 @@ fn main() -> ExitCode {
             exactly_once,
             config,
         } => {
+            // The `[log]` of --config (and SMSVOICE_LOG__*), warnings only
+            // unless it sets a level: the demo's output is its report.
+            match smsvoice::log::LogConfig::for_demo(config.as_deref(), std::env::vars_os()) {
+                Ok(log) => smsvoice::log::init(&log),
+                Err(e) => {
+                    eprintln!("smsvoice demo: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             let opts = smsvoice::demo::DemoOptions {
                 messages,
                 seed,
@@ -271,6 +281,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            smsvoice::log::init(&cfg.log);
             let inputs: Vec<Input> = if inputs.is_empty() {
                 EMBEDDED_SAMPLES
                     .iter()
@@ -286,6 +297,16 @@ fn main() -> ExitCode {
             };
             match file_mode::run_with_archive(&cfg, &inputs, &out, &target) {
                 Ok(summary) => {
+                    let c = &summary.counters;
+                    tracing::info!(
+                        files = summary.files,
+                        records = c.records,
+                        events = c.events,
+                        inbound = c.inbound,
+                        dead_letters = c.dead_letters,
+                        out = %out.display(),
+                        "processed"
+                    );
                     println!("smsvoice process -> {}", out.display());
                     print!("{summary}");
                     ExitCode::SUCCESS

@@ -737,7 +737,8 @@ impl Sink<'_> {
                             topic,
                             partition = m.partition(),
                             offset = o,
-                            error = %why,
+                            // may quote the record's content (a number, a body)
+                            error = %crate::log::redact(&why),
                             "record not archived: it is not one smsvoice wrote"
                         );
                     }

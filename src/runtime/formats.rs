@@ -92,9 +92,15 @@ impl Format {
             return Ok(None);
         }
         // Version 0 (no header) and version 1 share one layout.
-        serde_json::from_slice(rec.value)
-            .map(Some)
-            .map_err(|e| self.unreadable(rec, e.to_string()))
+        serde_json::from_slice(rec.value).map(Some).map_err(|e| {
+            // An opt-out change holds a phone number, which serde's
+            // message may quote: hidden unless `[log] personal_data`.
+            let detail = match self {
+                Format::OptOutChange => crate::log::redact(&e.to_string()).into_owned(),
+                _ => e.to_string(),
+            };
+            self.unreadable(rec, detail)
+        })
     }
 
     /// Checks the version of a binary record of this format (the header is
@@ -278,6 +284,27 @@ mod tests {
                 "{line}"
             );
             assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_opt_out_change_does_not_quote_its_number() {
+        for value in [
+            &br#"{"optOutList":"Default","number":12065550100,"optedOut":true}"#[..],
+            br#"{"optOutList":"Default","number":"+12065550100","optedOut":"+12065550100"}"#,
+        ] {
+            let e = Format::OptOutChange
+                .decode::<crate::optout::OptOutChange>(&rec(value, Some(b"1")))
+                .expect_err("unreadable");
+            let line = e.to_string();
+            assert!(
+                line.starts_with(
+                    "unreadable opt-out change at smsvoice.spend-partials [3] offset 41"
+                ),
+                "{line}"
+            );
+            assert!(!line.contains("2065550100"), "{line}");
+            assert!(line.contains("invalid type"), "{line}");
         }
     }
 }
