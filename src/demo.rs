@@ -76,6 +76,10 @@ pub struct DemoOptions {
     /// `include_carrier_fee = false`) make the comparisons fail, as they
     /// should; alarms and limits are checked against whatever is configured.
     pub config: Option<PathBuf>,
+    /// After the report, keep the in-process cluster and an instance
+    /// running with the HTTP server (`[http] listen` of `--config`, else
+    /// 127.0.0.1:9464) until interrupted ([`run_serving`]).
+    pub serve: bool,
 }
 
 /// What [`run`] found.
@@ -172,6 +176,49 @@ pub fn demo_config(bootstrap: &str, opts: &DemoOptions) -> Result<Config, DemoEr
 /// Runs the demo and returns the report to print, with the comparisons
 /// that failed.
 pub fn run(opts: &DemoOptions) -> Result<Report, DemoError> {
+    run_serving(opts).map(|(report, _)| report)
+}
+
+/// The demo kept running after its report (`smsvoice demo --serve`): the
+/// in-process cluster, an instance restored from the demo's outputs (a new
+/// member of the same group, the one that produced them having stopped to
+/// close its archive files) and its HTTP server.
+pub struct Serving {
+    instance: Instance,
+    server: Option<crate::http::Server>,
+    _cluster: crate::kafka::MockClusterHandle,
+}
+
+impl Serving {
+    /// Where the HTTP server listens.
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.as_ref().map(|s| s.addr)
+    }
+
+    /// Serves until SIGINT or SIGTERM (or a fatal error), then stops.
+    pub fn wait(self) -> Result<(), RuntimeError> {
+        let shared = self.instance.shared().clone();
+        let handle = shared.io.clone();
+        handle.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).ok();
+            let mut check = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return,
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => return,
+                    _ = check.tick() => if shared.has_fatal() || self.instance.any_finished() { return },
+                }
+            }
+        });
+        drop(self.server);
+        self.instance.stop(Duration::from_secs(30))
+    }
+}
+
+/// [`run`], and with [`DemoOptions::serve`] the [`Serving`] demo (its URLs
+/// appended to the report).
+pub fn run_serving(opts: &DemoOptions) -> Result<(Report, Option<Serving>), DemoError> {
     let cluster = start_mock_cluster(1).map_err(|e| DemoError::Kafka(e.to_string()))?;
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let cfg = demo_config(&bootstrap, opts)?;
@@ -195,6 +242,7 @@ pub fn run(opts: &DemoOptions) -> Result<Report, DemoError> {
         ..Workload::default()
     });
 
+    let serve_cfg = opts.serve.then(|| cfg.clone());
     let instance = Instance::start(cfg, None)?;
     let shared = instance.shared().clone();
     let started = Instant::now();
@@ -246,7 +294,13 @@ pub fn run(opts: &DemoOptions) -> Result<Report, DemoError> {
         "  dead letters by reason: select reason, count(*) from read_parquet('{}/dead_letters/**/*.parquet', hive_partitioning = true) group by all",
         archive.display()
     );
-    drop(cluster);
+    let serving = match serve_cfg {
+        Some(cfg) => Some(serve(cfg, cluster, &mut r)?),
+        None => {
+            drop(cluster);
+            None
+        }
+    };
     let failed: Vec<&'static str> = checks
         .0
         .iter()
@@ -270,7 +324,80 @@ pub fn run(opts: &DemoOptions) -> Result<Report, DemoError> {
             names(&failed)
         );
     }
-    Ok(Report { text: r, failed })
+    Ok((Report { text: r, failed }, serving))
+}
+
+/// Starts the serving instance and its HTTP server once its view is loaded
+/// (what it answers is then what the report printed), and appends the URLs
+/// to try to `r`.
+fn serve(
+    cfg: Config,
+    cluster: crate::kafka::MockClusterHandle,
+    r: &mut String,
+) -> Result<Serving, DemoError> {
+    let instance = Instance::start(cfg, None)?;
+    let shared = instance.shared().clone();
+    let started = Instant::now();
+    while !shared.metrics.view_loaded.load(Ordering::Relaxed) {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(DemoError::Stalled(started.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let server =
+        crate::http::start(&shared, &shared.io).map_err(|e| DemoError::Config(e.to_string()))?;
+    let Some(addr) = server.as_ref().map(|s| s.addr) else {
+        let _ = writeln!(
+            r,
+            "
+Serving: no HTTP server ([http] listen is empty)."
+        );
+        return Ok(Serving {
+            instance,
+            server,
+            _cluster: cluster,
+        });
+    };
+    let (month, opted_out) = {
+        let view = shared
+            .view
+            .read()
+            .map_err(|_| DemoError::Config("view lock poisoned".into()))?;
+        let month = view.spend().keys().next_back().map(|(m, _)| m.to_string());
+        let opted_out = view
+            .optout()
+            .entries()
+            .into_iter()
+            .find(|e| e.2)
+            .map(|(l, n, _)| (l.to_owned(), n.to_owned()));
+        (month, opted_out)
+    };
+    let base = format!("http://{addr}");
+    let _ = writeln!(
+        r,
+        "
+Serving the demo's state on {base} until interrupted (Ctrl-C):"
+    );
+    let _ = writeln!(r, "  curl {base}/readyz");
+    let _ = writeln!(r, "  curl {base}/metrics");
+    if let Some(m) = month {
+        let _ = writeln!(r, "  curl '{base}/v1/spend?month={m}'");
+    }
+    if let Some((l, n)) = opted_out {
+        let _ = writeln!(
+            r,
+            "  curl {base}/v1/opt-out-lists/{l}/numbers/{n}    (opted out)"
+        );
+    }
+    let _ = writeln!(
+        r,
+        "  (writes need [http] token in --config: curl -X PUT -H 'Authorization: Bearer <token>' {base}/v1/opt-out-lists/Default/numbers/+14255550100)"
+    );
+    Ok(Serving {
+        instance,
+        server,
+        _cluster: cluster,
+    })
 }
 
 /// Rows of each archive table, from the Parquet footers.

@@ -103,6 +103,12 @@ enum Command {
         /// pricing and opt-out lists: other rules fail those comparisons.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// After the report, keep serving the demo's state over HTTP
+        /// (`[http] listen` of --config, default 127.0.0.1:9464: health,
+        /// readiness, metrics, the opt-out and spend API) until interrupted;
+        /// the URLs to try are printed.
+        #[arg(long)]
+        serve: bool,
     },
     /// Print a configuration template for `smsvoice run`: a `[kafka]`
     /// section whose broker address (`bootstrap_servers = "localhost:9092"`)
@@ -207,6 +213,7 @@ fn main() -> ExitCode {
             out,
             exactly_once,
             config,
+            serve,
         } => {
             // The `[log]` of --config (and SMSVOICE_LOG__*), warnings only
             // unless it sets a level: the demo's output is its report.
@@ -223,18 +230,24 @@ fn main() -> ExitCode {
                 out,
                 exactly_once,
                 config,
+                serve,
             };
-            match smsvoice::demo::run(&opts) {
-                Ok(report) => {
+            match smsvoice::demo::run_serving(&opts) {
+                Ok((report, serving)) => {
                     print!("{}", report.text);
-                    if report.failed.is_empty() {
-                        ExitCode::SUCCESS
-                    } else {
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    let served = serving.map(|s| s.wait());
+                    if !report.failed.is_empty() {
                         eprintln!(
                             "smsvoice demo: differs from the generator's ground truth: {}",
                             report.failed.join(", ")
                         );
                         ExitCode::from(1)
+                    } else if let Some(Err(e)) = served {
+                        eprintln!("smsvoice demo: serving: {e}");
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
                     }
                 }
                 Err(e @ smsvoice::demo::DemoError::Config(_)) => {

@@ -339,6 +339,26 @@ fn http_api_against_a_real_broker() {
         .find(|(n, _, _)| n == "smsvoice_ready")
         .map(|s| s.2);
     assert_eq!(ready, Some(1.0));
+    // Consumer lag: every input partition of the router's group is there,
+    // and reaches 0 once its offsets are committed (the stream is
+    // processed).
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            let lag: BTreeMap<String, f64> = parse_metrics(&a.text("/metrics"))
+                .into_iter()
+                .filter(|(n, l, _)| {
+                    n == "smsvoice_consumer_lag_records"
+                        && l.get("group").map(String::as_str) == Some("http")
+                        && l.get("topic").map(String::as_str) == Some(INPUT)
+                })
+                .map(|(_, l, v)| (l["partition"].clone(), v))
+                .collect();
+            (lag.len() != PARTITIONS as usize || lag.values().any(|v| *v != 0.0))
+                .then(|| format!("input lag {lag:?}"))
+        },
+        &[&a],
+    );
 
     // The opt-out table of the truth, on both instances.
     let opted_out = g
@@ -509,4 +529,141 @@ fn http_api_against_a_real_broker() {
         };
         assert!(status.success(), "{status}\n{}", i.log_text());
     }
+}
+
+/// `smsvoice demo --serve` (in-process cluster, nothing installed): after
+/// its report it answers `/readyz`, `/v1/spend`, `/metrics` and the opt-out
+/// API with the values the report printed, and stops cleanly on SIGTERM.
+#[test]
+fn demo_serve_answers_with_the_values_it_printed() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("demo.toml");
+    std::fs::write(
+        &cfg,
+        format!("{EMBEDDED_DEFAULT}\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smsvoice"))
+        .args(["demo", "--messages", "1500", "--serve", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start smsvoice demo --serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut report = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let last = l.starts_with("All ") || l.starts_with("FAILED");
+                report.push(l);
+                if last {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no complete report within 300 s:\n{}", report.join("\n"));
+            }
+        }
+    }
+    let text = report.join("\n");
+    assert!(text.contains("\nAll "), "{text}");
+    let base = report
+        .iter()
+        .find_map(|l| l.strip_prefix("Serving the demo's state on "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no serving line:\n{text}"))
+        .to_owned();
+    let served = Instance {
+        child,
+        log: dir.path().join("none"),
+        base,
+    };
+    // The spend lines of the report: `  YYYY-MM CHANNEL AMOUNT USD N messages`.
+    let mut printed: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
+    let mut in_spend = false;
+    for l in &report {
+        if l.starts_with("Spend (topic") {
+            in_spend = true;
+            continue;
+        }
+        if in_spend {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if w.len() == 6 && w[3] == "USD" && w[5] == "messages" {
+                printed.insert(
+                    (w[0].to_owned(), w[1].to_owned()),
+                    (w[2].to_owned(), w[4].parse().expect("messages")),
+                );
+            } else {
+                in_spend = false;
+            }
+        }
+    }
+    assert!(printed.len() >= 4, "spend lines: {printed:?}\n{text}");
+    let (s, body) = served.call("GET", "/readyz", None);
+    assert_eq!(s, 200, "{body}");
+    for ((month, channel), (amount, messages)) in &printed {
+        let (s, body) = served.call("GET", &format!("/v1/spend?month={month}"), None);
+        assert_eq!(s, 200, "{body}");
+        let c = body["channels"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["channel"] == channel.as_str()))
+            .unwrap_or_else(|| panic!("{channel} in {body}"));
+        assert_eq!(c["spendUsd"], amount.as_str(), "{month} {channel}: {c}");
+        assert_eq!(c["messages"], *messages, "{month} {channel}: {c}");
+    }
+    let samples = parse_metrics(&served.text("/metrics"));
+    for ((month, channel), (amount, _)) in &printed {
+        let got = samples
+            .iter()
+            .find(|(n, l, _)| n == gauge_of(channel) && l.get("month") == Some(month))
+            .map(|s| s.2)
+            .unwrap_or_else(|| panic!("no gauge for {month} {channel}"));
+        assert_eq!(
+            got,
+            amount.parse::<f64>().expect("amount"),
+            "{month} {channel}"
+        );
+    }
+    let optout_url = report
+        .iter()
+        .find(|l| l.ends_with("(opted out)"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no opted-out number printed:\n{text}"));
+    let path = optout_url.trim_start_matches(&served.base).to_owned();
+    let (s, body) = served.call("GET", &path, None);
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["optedOut"], true, "{body}");
+    let mut served = served;
+    let pid = served.child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(st)) = served.child.try_wait() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "demo still serving 60 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "demo --serve exit: {status}");
 }

@@ -30,6 +30,9 @@ pub(crate) struct Probe {
     last: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
+/// How a reason about the broker starts.
+pub(crate) const BROKER_UNREACHABLE: &str = "broker unreachable";
+
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -101,7 +104,7 @@ pub(crate) async fn not_ready_reasons(state: &AppState) -> Vec<String> {
         .unwrap_or_else(|e| Err(e.to_string()));
     if let Err(e) = broker {
         reasons.push(format!(
-            "broker unreachable ({}): {e}",
+            "{BROKER_UNREACHABLE} ({}): {e}",
             shared.kafka.bootstrap_servers
         ));
     }

@@ -25,13 +25,18 @@ use crate::spend::alarms::AlarmState;
 pub(crate) struct Exporter {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    lag: super::lag::Lag,
 }
 
 impl Exporter {
-    pub(crate) fn new() -> Exporter {
+    pub(crate) fn new(shared: &crate::runtime::Shared) -> Result<Exporter, String> {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        Exporter { recorder, handle }
+        Ok(Exporter {
+            recorder,
+            handle,
+            lag: super::lag::Lag::new(shared)?,
+        })
     }
 }
 
@@ -132,11 +137,12 @@ fn describe() {
     );
     describe_gauge!("smsvoice_view_loaded", "1 once the replicated view (opt-out table, spend) has read its topics to where they ended at start");
     describe_gauge!("smsvoice_ready", "1 when /readyz answers 200");
+    describe_gauge!("smsvoice_consumer_lag_records", "Records of a partition after the group's committed offset (labels group, topic, partition; not updated while the broker does not answer)");
 }
 
 /// Sets every metric from the instance's state (inside the server's
 /// recorder).
-fn update(state: &AppState, ready: bool) {
+fn update(state: &AppState, ready: bool, lags: &[super::lag::PartitionLag]) {
     describe();
     let shared = &state.shared;
     let m = &shared.metrics;
@@ -202,13 +208,29 @@ fn update(state: &AppState, ready: bool) {
         0.0
     });
     gauge!("smsvoice_ready").set(if ready { 1.0 } else { 0.0 });
+    for l in lags {
+        gauge!("smsvoice_consumer_lag_records", "group" => l.group.clone(), "topic" => l.topic.clone(), "partition" => l.partition.to_string())
+            .set(l.records as f64);
+    }
 }
 
 /// The text of a scrape.
 pub(crate) async fn render(state: &AppState) -> String {
-    let ready = super::health::not_ready_reasons(state).await.is_empty();
+    let reasons = super::health::not_ready_reasons(state).await;
+    let ready = reasons.is_empty();
+    let broker_up = !reasons
+        .iter()
+        .any(|r| r.starts_with(super::health::BROKER_UNREACHABLE));
     let exporter = state.metrics.clone();
-    metrics::with_local_recorder(&exporter.recorder, || update(state, ready));
+    let lags = if broker_up {
+        let (e, shared) = (exporter.clone(), state.shared.clone());
+        tokio::task::spawn_blocking(move || e.lag.read(&shared))
+            .await
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    metrics::with_local_recorder(&exporter.recorder, || update(state, ready, &lags));
     exporter.handle.render()
 }
 

@@ -22,6 +22,7 @@
 
 pub mod config;
 mod health;
+mod lag;
 pub mod metrics_export;
 pub mod optout_api;
 pub mod spend_api;
@@ -107,7 +108,7 @@ pub fn start(
         shared: shared.clone(),
         token: cfg.token.as_deref().map(Arc::from),
         probe: Arc::new(health::Probe::new(shared).map_err(HttpError::Kafka)?),
-        metrics: Arc::new(metrics_export::Exporter::new()),
+        metrics: Arc::new(metrics_export::Exporter::new(shared).map_err(HttpError::Kafka)?),
         writer: Arc::new(optout_api::Writer::new(shared).map_err(HttpError::Kafka)?),
         write_timeout: std::time::Duration::from_millis(cfg.write_timeout_ms),
     };

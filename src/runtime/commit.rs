@@ -370,7 +370,44 @@ pub(super) fn drain(
         }
         r => r?,
     }
+    if wait_for != Wait::All {
+        s.unconfirmed.extend(ready);
+    } else {
+        s.unconfirmed.clear();
+    }
     s.rewinds = 0;
+    shared.metrics.commits.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// At-least-once, on an idle stage: commits again, synchronously, the
+/// offsets last handed to asynchronous commits ([`LoopState::unconfirmed`]),
+/// so that an asynchronous commit lost in a rebalance does not leave the
+/// last records of an idle stream uncommitted. A rebalance in progress
+/// leaves them for the next idle interval.
+pub(super) fn confirm(
+    shared: &Shared,
+    stage: &'static str,
+    consumer: &BaseConsumer<StageContext>,
+    s: &mut LoopState,
+) -> Result<(), RuntimeError> {
+    s.last_commit = Instant::now();
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in &s.unconfirmed {
+        tpl.add_partition(t, *p)
+            .set_offset(Offset::Offset(*o))
+            .map_err(|e| kafka("commit", e))?;
+    }
+    let committed = in_place(shared, stage, "confirm offsets", || {
+        consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| kafka("confirm offsets", e))
+    });
+    match committed {
+        Err(e) if e.is_rebalance() => return Ok(()),
+        r => r?,
+    }
+    s.unconfirmed.clear();
     shared.metrics.commits.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }

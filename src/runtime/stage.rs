@@ -63,7 +63,9 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::commit::{commit, committed_offsets, drain, rewind, take_retrying, Wait, MAX_REWINDS};
+use super::commit::{
+    commit, committed_offsets, confirm, drain, rewind, take_retrying, Wait, MAX_REWINDS,
+};
 use super::formats::FORMAT_HEADER;
 use super::gaps::{in_sequence, probe_stalls, GapProbe};
 use super::produce::{send, DeliveryContext};
@@ -374,6 +376,7 @@ fn attempt<L: Logic>(shared: &Shared, logic: &mut L, worker: usize) -> Result<()
         poll_errors: PollErrors::default(),
         epoch: 0,
         pending: std::collections::VecDeque::new(),
+        unconfirmed: BTreeMap::new(),
     };
     let result = drive(shared, logic, &consumer, &producer, &mut s);
     if result.is_err() {
@@ -421,6 +424,14 @@ pub(super) struct LoopState {
     /// are not all reported yet, oldest first, with the offsets each
     /// covers (see `commit::drain`).
     pub(super) pending: std::collections::VecDeque<PendingCommit>,
+    /// At-least-once: offsets handed to asynchronous commits whose outcome
+    /// is not known. Once the stage has been idle a commit interval, they
+    /// are committed again, synchronously (`commit::confirm`): an
+    /// asynchronous commit lost in a rebalance is otherwise superseded only
+    /// by the next record's commit, which an idle stream never makes (its
+    /// last records would be processed again after a restart, and reported
+    /// as lag meanwhile).
+    pub(super) unconfirmed: BTreeMap<(String, i32), i64>,
 }
 
 /// An epoch closed by a commit point: its offsets are committed once every
@@ -540,6 +551,8 @@ fn step<L: Logic>(
         commit(shared, logic, consumer, producer, s, false)?;
     } else if !s.pending.is_empty() {
         drain(shared, logic.name(), consumer, producer, s, Wait::No)?;
+    } else if !s.unconfirmed.is_empty() && s.last_commit.elapsed() >= interval {
+        confirm(shared, logic.name(), consumer, s)?;
     }
     Ok(true)
 }
@@ -599,6 +612,7 @@ fn handle_events<L: Logic>(
                         pc.offsets.remove(&(t.clone(), *p));
                     }
                     s.owned.remove(&(t.clone(), *p));
+                    s.unconfirmed.remove(&(t.clone(), *p));
                     s.next.remove(&(t.clone(), *p));
                     s.expected.remove(&(t.clone(), *p));
                     s.gaps.remove(&(t.clone(), *p));
