@@ -339,6 +339,41 @@ fn http_api_against_a_real_broker() {
         .find(|(n, _, _)| n == "smsvoice_ready")
         .map(|s| s.2);
     assert_eq!(ready, Some(1.0));
+    // Counters recorded where things happen: the delivery counters carry
+    // bounded country labels; every dead letter in the topic was counted by
+    // the instance that wrote it; event latencies were observed.
+    let sent: Vec<_> = samples
+        .iter()
+        .filter(|(n, _, _)| n == "smsvoice_text_message_parts_sent_total")
+        .collect();
+    assert!(!sent.is_empty(), "no SMS parts sent counted");
+    for (_, l, v) in &sent {
+        let c = &l["iso_country_code"];
+        assert!(
+            c == "other" || (c.len() == 2 && c.chars().all(|ch| ch.is_ascii_uppercase())),
+            "country label {c}"
+        );
+        assert!(*v > 0.0);
+    }
+    let latency = samples
+        .iter()
+        .filter(|(n, _, _)| n == "smsvoice_event_output_latency_seconds_count")
+        .map(|s| s.2)
+        .sum::<f64>();
+    assert!(latency > 0.0, "no event latency observed");
+    let dead_in_topic = read(&bootstrap, "smsvoice.dead-letters").len() as f64;
+    let dead_counted: f64 = [&a, &b]
+        .iter()
+        .flat_map(|i| parse_metrics(&i.text("/metrics")))
+        .filter(|(n, _, _)| n == "smsvoice_dead_letters_by_reason_total")
+        .map(|s| s.2)
+        .sum();
+    assert!(dead_in_topic > 0.0, "the stream has malformed records");
+    assert_eq!(
+        dead_counted, dead_in_topic,
+        "dead letters counted by reason on a and b vs records in the dead-letter topic"
+    );
+
     // Consumer lag: every input partition of the router's group is there,
     // and reaches 0 once its offsets are committed (the stream is
     // processed).

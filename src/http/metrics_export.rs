@@ -1,7 +1,8 @@
 //! `/metrics`: Prometheus text format, rendered by
-//! `metrics-exporter-prometheus` from the instance's counters and
-//! replicated view at each scrape (nothing is formatted by hand, nothing is
-//! added to the per-record path). Every metric is listed in the README
+//! `metrics-exporter-prometheus` (nothing is formatted by hand): the
+//! instance's counters and replicated view are read at each scrape; the
+//! delivery counters, latency and duration histograms are recorded where
+//! they happen ([`crate::runtime::observe`]). Every metric is listed in the README
 //! ("Operating"). The spend gauges are a display of the exact decimal
 //! totals of the spend topic (a float is fine for a graph; the money path
 //! and the API stay exact).
@@ -11,8 +12,11 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::runtime::observe;
+use std::sync::OnceLock;
 
 use super::AppState;
 use crate::model::Channel;
@@ -20,21 +24,60 @@ use crate::money::Usd;
 use crate::runtime::Metrics;
 use crate::spend::alarms::AlarmState;
 
-/// The recorder of one server (not the process-wide one: two instances in
-/// one process, as in tests, keep their own).
+/// The process's recorder (installed once, the first time a server starts:
+/// the metrics recorded where things happen, [`crate::runtime::observe`],
+/// go to it; two instances in one process, as in tests, share it) and the
+/// consumer-lag reader of this server's instance.
 pub(crate) struct Exporter {
-    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     lag: super::lag::Lag,
 }
 
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's Prometheus recorder, installed on first use.
+fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let builder = builder
+                .set_buckets_for_metric(
+                    Matcher::Full("smsvoice_event_output_latency_seconds".into()),
+                    observe::LATENCY_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("smsvoice_commit_seconds".into()),
+                        observe::DURATION_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("smsvoice_partition_restore_seconds".into()),
+                        observe::DURATION_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("smsvoice_archive_upload_seconds".into()),
+                        observe::DURATION_BUCKETS,
+                    )
+                })
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed: /metrics shows only what is set at scrape time");
+            }
+            handle
+        })
+        .clone()
+}
+
 impl Exporter {
     pub(crate) fn new(shared: &crate::runtime::Shared) -> Result<Exporter, String> {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
         Ok(Exporter {
-            recorder,
-            handle,
+            handle: handle(),
             lag: super::lag::Lag::new(shared)?,
         })
     }
@@ -137,6 +180,32 @@ fn describe() {
     );
     describe_gauge!("smsvoice_view_loaded", "1 once the replicated view (opt-out table, spend) has read its topics to where they ended at start");
     describe_gauge!("smsvoice_ready", "1 when /readyz answers 200");
+    for (name, what) in [
+        ("smsvoice_text_message_parts_sent_total", "SMS message parts accepted by the carrier (TEXT_SUCCESSFUL, distinct events; NumberOfTextMessagePartsSent), label iso_country_code"),
+        ("smsvoice_text_message_parts_delivered_total", "SMS message parts delivered to the handset (TEXT_DELIVERED; NumberOfTextMessagePartsDelivered), label iso_country_code"),
+        ("smsvoice_text_messages_blocked_by_protect_total", "SMS messages blocked by Protect (TEXT_PROTECT_BLOCKED; TextMessagesBlockedByProtect), label iso_country_code"),
+        ("smsvoice_media_message_parts_sent_total", "MMS message parts accepted by the carrier (MEDIA_SUCCESSFUL; NumberOfMediaMessagePartsSent), label iso_country_code"),
+        ("smsvoice_media_message_parts_delivered_total", "MMS message parts delivered (MEDIA_DELIVERED; NumberOfMediaMessagePartsDelivered), label iso_country_code"),
+        ("smsvoice_dead_letters_by_reason_total", "Dead letters written, by reason code (label reason)"),
+    ] {
+        describe_counter!(name, what);
+    }
+    describe_histogram!("smsvoice_event_output_latency_seconds", Unit::Seconds, "From a delivery event's eventTimestamp to its enriched event being produced (label channel)");
+    describe_histogram!(
+        "smsvoice_commit_seconds",
+        Unit::Seconds,
+        "Duration of a commit point (label stage)"
+    );
+    describe_histogram!(
+        "smsvoice_partition_restore_seconds",
+        Unit::Seconds,
+        "Duration of one partition's state restore (label stage)"
+    );
+    describe_histogram!(
+        "smsvoice_archive_upload_seconds",
+        Unit::Seconds,
+        "Duration of one archive file upload, retries included"
+    );
     describe_gauge!("smsvoice_consumer_lag_records", "Records of a partition after the group's committed offset (labels group, topic, partition; not updated while the broker does not answer)");
 }
 
@@ -230,7 +299,7 @@ pub(crate) async fn render(state: &AppState) -> String {
     } else {
         Vec::new()
     };
-    metrics::with_local_recorder(&exporter.recorder, || update(state, ready, &lags));
+    update(state, ready, &lags);
     exporter.handle.render()
 }
 

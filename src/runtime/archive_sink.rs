@@ -1204,6 +1204,7 @@ async fn upload(
         .without_max_times();
     for f in files {
         let key = f.key.clone();
+        let started = std::time::Instant::now();
         let put = || store.put(&f.key, f.bytes.clone());
         put.retry(backoff)
             .sleep(tokio::time::sleep)
@@ -1213,6 +1214,7 @@ async fn upload(
             })
             .await
             .map_err(|e| (f.key.clone(), e))?;
+        super::observe::upload(started.elapsed());
     }
     Ok(())
 }

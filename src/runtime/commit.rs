@@ -75,7 +75,9 @@ pub(super) fn take<L: Logic>(
         partition,
         offset: committed,
     } = c;
+    let started = Instant::now();
     logic.assign(shared, &topic, partition, committed)?;
+    super::observe::restore(logic.name(), started.elapsed());
     let key = (topic, partition);
     s.gaps.remove(&key);
     s.last_expected.remove(&key);
@@ -182,6 +184,21 @@ pub(super) fn commit<L: Logic>(
     last: bool,
 ) -> Result<(), RuntimeError> {
     s.last_commit = Instant::now();
+    let stage = logic.name();
+    let started = s.last_commit;
+    let r = commit_point(shared, logic, consumer, producer, s, last);
+    super::observe::commit(stage, started.elapsed());
+    r
+}
+
+fn commit_point<L: Logic>(
+    shared: &Shared,
+    logic: &mut L,
+    consumer: &BaseConsumer<StageContext>,
+    producer: &ThreadedProducer<DeliveryContext>,
+    s: &mut LoopState,
+    last: bool,
+) -> Result<(), RuntimeError> {
     let stage = logic.name();
     if s.next.is_empty() && !s.in_txn {
         if last && !s.pending.is_empty() {

@@ -187,7 +187,15 @@ impl Logic for MessageStage {
             offset: rec.offset,
             n: u32::try_from(n).unwrap_or(u32::MAX),
         };
+        let now = if self.out.events.is_empty() {
+            0
+        } else {
+            chrono::Utc::now().timestamp_millis()
+        };
         for (i, e) in self.out.events.iter().enumerate() {
+            if !e.enrichment.duplicate {
+                super::observe::delivery_event(&e.event, now);
+            }
             out.push(enriched_event(
                 &self.enriched_topic,
                 &e.event.message_id,

@@ -40,6 +40,7 @@ pub mod commit;
 pub mod formats;
 pub mod gaps;
 pub mod message_owner;
+pub mod observe;
 pub mod optout_owner;
 pub mod produce;
 pub mod records;

@@ -195,6 +195,7 @@ pub fn dead_letter(
     timestamp_ms: Option<i64>,
     at: At<'_>,
 ) -> OutRecord {
+    super::observe::dead_letter(d.reason.code());
     let p = &d.provenance;
     let mut h: Vec<(&'static str, Vec<u8>)> = vec![
         (headers::REASON, d.reason.code().as_bytes().to_vec()),
