@@ -300,3 +300,85 @@ fn the_json_log_holds_no_phone_number_of_the_input() {
     let dead = std::fs::read_to_string(dir.path().join("out/dead-letters.jsonl")).expect("dead");
     assert!(dead.contains("+14255550177"), "{dead}");
 }
+
+/// `smsvoice run` against a broker address nothing answers on: at the
+/// default level it says so within seconds, naming the address and the
+/// retry schedule, and SIGTERM during that startup ends it cleanly (exit 0)
+/// within seconds.
+#[test]
+fn an_unreachable_broker_is_logged_at_once_and_sigterm_stops_the_startup() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("smsvoice.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:{port}\"\n[kafka.input_topics]\nevents = [\"e\"]\n[http]\nlisten = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .expect("config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smsvoice"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SMSVOICE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start smsvoice run");
+    let started = Instant::now();
+    let err = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let warning = loop {
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(l) if l.contains("cannot reach the Kafka brokers") => break l,
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no warning within 15 s:\n{}", seen.join("\n"));
+            }
+        }
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "warned after {:?}",
+        started.elapsed()
+    );
+    assert!(warning.contains(&format!("127.0.0.1:{port}")), "{warning}");
+    assert!(warning.contains("attempts"), "{warning}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let signalled = Instant::now();
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st;
+        }
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after SIGTERM during startup");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+}

@@ -96,6 +96,10 @@ pub enum RuntimeError {
     /// `smsvoice run` exits with [`Fatal::exit_code`].
     #[error("fatal: {0}")]
     Fatal(Box<Fatal>),
+    /// Asked to stop (SIGTERM, SIGINT) before the instance had started:
+    /// nothing to commit, a clean exit.
+    #[error("stopped during startup")]
+    StoppedDuringStartup,
 }
 
 impl RuntimeError {
@@ -118,6 +122,7 @@ impl RuntimeError {
             RuntimeError::Record(_)
             | RuntimeError::Config(_)
             | RuntimeError::Stage(..)
+            | RuntimeError::StoppedDuringStartup
             | RuntimeError::Fatal(_) => ErrorClass::Fatal,
         }
     }
@@ -145,7 +150,9 @@ impl RuntimeError {
             }
             RuntimeError::Record(r) => Some(Fatal::Record(r.clone())),
             RuntimeError::Fatal(f) => Some((**f).clone()),
-            RuntimeError::Config(_) | RuntimeError::Stage(..) => None,
+            RuntimeError::Config(_)
+            | RuntimeError::Stage(..)
+            | RuntimeError::StoppedDuringStartup => None,
         }
     }
 }
@@ -379,6 +386,18 @@ impl Instance {
         cfg: Config,
         io: Option<tokio::runtime::Handle>,
     ) -> Result<Instance, RuntimeError> {
+        Instance::start_stoppable(cfg, io, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// [`Instance::start`] with the instance's shutdown flag made by the
+    /// caller: setting it while the instance starts (topic creation against
+    /// a broker that does not answer yet, retried) ends the start with
+    /// [`RuntimeError::StoppedDuringStartup`] within a second.
+    pub fn start_stoppable(
+        cfg: Config,
+        io: Option<tokio::runtime::Handle>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Instance, RuntimeError> {
         let kafka = cfg
             .kafka
             .clone()
@@ -403,8 +422,10 @@ impl Instance {
         };
         let specs = all_topics(&kafka);
         let fatal = FatalSlot::default();
-        let report = block_on(&handle, ensure_topics_watched(&kafka, &specs, &fatal))
-            .map_err(|e| startup_error(&kafka, &fatal, e))?;
+        let report = match block_on(&handle, startup_topics(&kafka, &specs, &fatal, &shutdown)) {
+            Some(r) => r.map_err(|e| startup_error(&kafka, &fatal, e))?,
+            None => return Err(RuntimeError::StoppedDuringStartup),
+        };
         if !report.created.is_empty() {
             tracing::info!(created = ?report.created, "created topics");
         }
@@ -446,7 +467,7 @@ impl Instance {
         let shared = Shared {
             cfg: Arc::new(cfg),
             kafka: Arc::new(kafka),
-            shutdown: Arc::new(AtomicBool::new(false)),
+            shutdown,
             metrics: Arc::new(Metrics {
                 fatal,
                 ..Metrics::default()
@@ -588,6 +609,62 @@ pub const FATAL_GRACE: Duration = Duration::from_secs(10);
 /// The error `Instance::start` reports when creating the topics failed with
 /// `e`: the fatal error recorded meanwhile, or `e` itself when it is fatal,
 /// else `e`.
+/// How long startup waits for the brokers before it says so.
+const UNREACHABLE_WARN_AFTER: Duration = Duration::from_secs(5);
+
+/// Creates the missing topics ([`ensure_topics_watched`], retried with
+/// [`crate::kafka::RetryPolicy::default`]), warning at the default level
+/// after [`UNREACHABLE_WARN_AFTER`] and every 10 s while the brokers do not
+/// answer, with the address and the retry schedule; `None` when `shutdown`
+/// is set meanwhile.
+async fn startup_topics(
+    kafka: &KafkaConfig,
+    specs: &[crate::kafka::TopicSpec],
+    fatal: &FatalSlot,
+    shutdown: &AtomicBool,
+) -> Option<Result<crate::kafka::EnsureReport, ClientError>> {
+    let started = Instant::now();
+    let ensure = ensure_topics_watched(kafka, specs, fatal);
+    tokio::pin!(ensure);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut warned_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            r = &mut ensure => {
+                if warned_at.is_some() && r.is_ok() {
+                    tracing::warn!(bootstrap = %kafka.bootstrap_servers, waited_ms = started.elapsed().as_millis() as u64, "Kafka brokers reachable: starting");
+                }
+                return Some(r);
+            }
+            _ = tick.tick() => {
+                if shutdown.load(Ordering::SeqCst) {
+                    tracing::warn!(bootstrap = %kafka.bootstrap_servers, "stopped before the brokers answered");
+                    return None;
+                }
+                let due = match warned_at {
+                    None => started.elapsed() >= UNREACHABLE_WARN_AFTER,
+                    Some(t) => t.elapsed() >= Duration::from_secs(10),
+                };
+                if due {
+                    warned_at = Some(Instant::now());
+                    let p = crate::kafka::RetryPolicy::default();
+                    tracing::warn!(
+                        bootstrap = %kafka.bootstrap_servers,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        retry = %format!(
+                            "each metadata request waits for an answer; up to {} attempts, {} ms doubling to {} s between them",
+                            p.max_attempts,
+                            p.initial_delay.as_millis(),
+                            p.max_delay.as_secs()
+                        ),
+                        "cannot reach the Kafka brokers yet: retrying (SIGTERM stops)"
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn startup_error(kafka: &KafkaConfig, fatal: &FatalSlot, e: ClientError) -> RuntimeError {
     if let Some(f) = fatal.get() {
         return RuntimeError::Fatal(Box::new(Fatal::Kafka(f.clone())));
@@ -627,8 +704,31 @@ pub fn run_until_signal(cfg: Config) -> Result<(), RuntimeError> {
         .build()
         .map_err(|e| RuntimeError::Config(format!("tokio runtime: {e}")))?;
     let grace = Duration::from_millis(cfg.kafka.as_ref().map_or(30_000, |k| k.shutdown_grace_ms));
-    let instance = match Instance::start(cfg, Some(rt.handle().clone())) {
+    // Signals are handled from the start: SIGTERM while the brokers do not
+    // answer yet ends the start cleanly (exit 0) instead of killing it.
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let signalled: Arc<std::sync::Mutex<Option<&'static str>>> = Arc::default();
+    {
+        let (shutdown, signalled) = (shutdown.clone(), signalled.clone());
+        rt.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).ok();
+            let why = tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => "SIGTERM",
+            };
+            if let Ok(mut s) = signalled.lock() {
+                *s = Some(why);
+            }
+            shutdown.store(true, Ordering::SeqCst);
+        });
+    }
+    let instance = match Instance::start_stoppable(cfg, Some(rt.handle().clone()), shutdown) {
         Ok(i) => i,
+        Err(RuntimeError::StoppedDuringStartup) => {
+            rt.shutdown_timeout(Duration::from_secs(1));
+            return Ok(());
+        }
         Err(e) => {
             // Not a plain drop: that would wait for a blocked metadata
             // request of the topic creation.
@@ -652,16 +752,15 @@ pub fn run_until_signal(cfg: Config) -> Result<(), RuntimeError> {
     }
     let metrics = instance.shared().metrics.clone();
     let why = rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).ok();
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         let mut check = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return "SIGINT",
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => return "SIGTERM",
                 _ = tick.tick() => log_progress(&metrics),
                 _ = check.tick() => {
+                    if let Some(why) = signalled.lock().ok().and_then(|s| *s) {
+                        return why;
+                    }
                     if instance.shared().has_fatal() {
                         return "fatal error";
                     }
