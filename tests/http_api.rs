@@ -248,7 +248,10 @@ fn http_api_against_a_real_broker() {
             },
             &[i],
         );
-        assert_eq!(i.call("GET", "/healthz", None).0, 200);
+        let (s, body) = i.call("GET", "/healthz", None);
+        assert_eq!(s, 200, "{body}");
+        // router, message owners, opt-out owners, totals, replica.
+        assert!(body["loops"].as_u64().unwrap_or(0) >= 5, "{body}");
     }
 
     // The published totals, per (month, channel), as the topic has them.

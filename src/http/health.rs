@@ -1,7 +1,10 @@
 //! `/healthz` and `/readyz`.
 //!
-//! Liveness: the process serves HTTP and has no fatal error (a fatal error
-//! stops it anyway; this answers 503 during its last seconds).
+//! Liveness: the process serves HTTP, has no fatal error (a fatal error
+//! stops it anyway; this answers 503 during its last seconds) and every
+//! loop (stage workers, replica, archive sink) has turned within
+//! [`Metrics::STALE_LOOP`] (a stuck loop answers 503, naming it, so that
+//! Kubernetes restarts the pod).
 //!
 //! Readiness, 200 only when all of these hold, else 503 with the reasons:
 //! the replicated view has read its topics up to where they ended at start
@@ -69,14 +72,28 @@ impl Probe {
 }
 
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
-    match state.shared.fatal() {
-        Some(f) => (
+    let m = &state.shared.metrics;
+    if let Some(f) = state.shared.fatal() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "status": "fatal", "error": f.to_string() })),
         )
-            .into_response(),
-        None => Json(serde_json::json!({ "status": "ok" })).into_response(),
+            .into_response();
     }
+    let stale = m.stale_loops(Metrics::STALE_LOOP);
+    if !stale.is_empty() && !state.shared.stopping() {
+        let loops: Vec<String> = stale
+            .iter()
+            .map(|(n, d)| format!("{n}: last turned {} s ago", d.as_secs()))
+            .collect();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "stuck", "loops": loops })),
+        )
+            .into_response();
+    }
+    let loops = m.beats.lock().map(|b| b.len()).unwrap_or(0);
+    Json(serde_json::json!({ "status": "ok", "loops": loops })).into_response()
 }
 
 /// Why the instance is not ready (empty: ready), the broker probe

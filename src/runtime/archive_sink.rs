@@ -542,7 +542,12 @@ fn attempt(shared: &Shared, store: &Arc<Store>) -> Result<(), RuntimeError> {
 
 impl Sink<'_> {
     fn drive(&mut self, consumer: &BaseConsumer<StageContext>) -> Result<(), RuntimeError> {
+        let mut last_beat: Option<Instant> = None;
         loop {
+            if last_beat.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                self.shared.metrics.beat("archive");
+                last_beat = Some(Instant::now());
+            }
             if self.shared.has_fatal() {
                 return Ok(());
             }

@@ -260,6 +260,10 @@ pub struct Metrics {
     /// topics up to where it ended at start ([`view`]): before, the opt-out
     /// table may miss entries and the instance is not ready.
     pub view_loaded: AtomicBool,
+    /// When each loop (stage worker, replica, archive sink) last turned,
+    /// by loop name: `/healthz` fails when one has not turned for
+    /// [`Metrics::STALE_LOOP`].
+    pub beats: std::sync::Mutex<BTreeMap<String, Instant>>,
     /// The first fatal Kafka error any client of the instance reported
     /// (admin, consumers, producers, restore and replica readers): once set,
     /// the instance stops ([`Shared::fatal`]). Kept here, with the other
@@ -271,6 +275,38 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// How long a loop may go without turning before `/healthz` fails:
+    /// longer than any wait a loop makes (a restore is bounded by
+    /// `max.poll.interval.ms`, 5 minutes by default; a restart backoff by
+    /// a minute).
+    pub const STALE_LOOP: Duration = Duration::from_secs(600);
+
+    /// Records that loop `name` turned (call at most every second or so).
+    pub fn beat(&self, name: &str) {
+        if let Ok(mut b) = self.beats.lock() {
+            match b.get_mut(name) {
+                Some(t) => *t = Instant::now(),
+                None => {
+                    b.insert(name.to_owned(), Instant::now());
+                }
+            }
+        }
+    }
+
+    /// The loops that have not turned for longer than `older_than`, with
+    /// how long ago they last did.
+    pub fn stale_loops(&self, older_than: Duration) -> Vec<(String, Duration)> {
+        self.beats
+            .lock()
+            .map(|b| {
+                b.iter()
+                    .filter(|(_, t)| t.elapsed() > older_than)
+                    .map(|(n, t)| (n.clone(), t.elapsed()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Reads a counter.
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
@@ -826,6 +862,21 @@ pub(crate) fn test_shared() -> (Shared, tokio::runtime::Runtime) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loop_that_stops_turning_is_stale() {
+        let m = Metrics::default();
+        m.beat("router worker 0");
+        m.beat("replica");
+        assert!(m.stale_loops(Duration::from_secs(3600)).is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+        m.beat("replica");
+        let stale = m.stale_loops(Duration::from_millis(10));
+        assert_eq!(
+            stale.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+            vec!["router worker 0"]
+        );
+    }
     use crate::archive::s3::StoreError as S3Error;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 

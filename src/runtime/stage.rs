@@ -378,7 +378,8 @@ fn attempt<L: Logic>(shared: &Shared, logic: &mut L, worker: usize) -> Result<()
         pending: std::collections::VecDeque::new(),
         unconfirmed: BTreeMap::new(),
     };
-    let result = drive(shared, logic, &consumer, &producer, &mut s);
+    let beat_name = format!("{} worker {worker}", logic.name());
+    let result = drive(shared, logic, &consumer, &producer, &mut s, &beat_name);
     if result.is_err() {
         if s.in_txn {
             let _ = producer.abort_transaction(Duration::from_secs(10));
@@ -453,9 +454,15 @@ fn drive<L: Logic>(
     consumer: &BaseConsumer<StageContext>,
     producer: &ThreadedProducer<DeliveryContext>,
     s: &mut LoopState,
+    beat_name: &str,
 ) -> Result<(), RuntimeError> {
     let mut out: Vec<OutRecord> = Vec::new();
+    let mut last_beat: Option<Instant> = None;
     loop {
+        if last_beat.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            shared.metrics.beat(beat_name);
+            last_beat = Some(Instant::now());
+        }
         match step(shared, logic, consumer, producer, s, &mut out) {
             Ok(true) => {}
             Ok(false) => return Ok(()),

@@ -90,7 +90,12 @@ fn attempt(shared: &Shared) -> Result<(), RuntimeError> {
     consumer.assign(&tpl).map_err(|e| kafka("assign", e))?;
     let mut poll_errors = PollErrors::default();
     let mut last_check = Instant::now();
+    let mut last_beat: Option<Instant> = None;
     while !shared.stopping() {
+        if last_beat.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            shared.metrics.beat("replica");
+            last_beat = Some(Instant::now());
+        }
         if !ends.is_empty() && last_check.elapsed() >= Duration::from_millis(50) {
             last_check = Instant::now();
             reached(&consumer, &mut ends);
