@@ -421,6 +421,10 @@ fn http_api_against_a_real_broker() {
         assert_eq!(s, 200, "{body}");
         assert_eq!(body["optedOut"], true, "{body}");
         assert!(body["cause"]["inboundMessageId"].is_string(), "{body}");
+        assert!(
+            body["cause"]["keyword"].is_string(),
+            "the deciding keyword: {body}"
+        );
         assert!(body["since"].is_string(), "{body}");
         if let Some((l, n)) = &opted_in {
             let (s, body) = i.call("GET", &format!("/v1/opt-out-lists/{l}/numbers/{n}"), None);

@@ -4,7 +4,8 @@
 //!   `{"optOutList","number","optedOut","since","cause"}` from the
 //!   replicated view (every instance answers the same once it has read the
 //!   changelog). `since` is the RFC 3339 time of the deciding message (or
-//!   of the operator's request), `cause` `{"inboundMessageId": ...}` or
+//!   of the operator's request), `cause` `{"inboundMessageId": ...,
+//!   "keyword": ...}` or
 //!   `{"operator": {"requestId": ...}}`; both `null` for a number never
 //!   seen (not opted out).
 //! * `PUT` (opt out) and `DELETE` (opt back in) on the same path, the
@@ -124,13 +125,16 @@ fn entry(
         .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "view lock poisoned"))?;
     let found = view.optout().lookup(list, number);
     drop(view);
-    let (opted_out, since, cause) = found.unwrap_or((false, None, None));
+    let (opted_out, since, cause, keyword) = match found {
+        Some(l) => (l.opted_out, l.since, l.cause, l.keyword),
+        None => (false, None, None, None),
+    };
     let since = since
         .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     let cause_json = cause.as_deref().map(|c| match c.strip_prefix("operator:") {
         Some(id) => serde_json::json!({ "operator": { "requestId": id } }),
-        None => serde_json::json!({ "inboundMessageId": c }),
+        None => serde_json::json!({ "inboundMessageId": c, "keyword": keyword }),
     });
     Ok((
         serde_json::json!({

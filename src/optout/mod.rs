@@ -85,6 +85,25 @@ pub struct OptOutChange {
     pub as_of: Option<i64>,
     /// inboundMessageId of the message that caused it, if known
     pub cause: Option<String>,
+    /// The keyword of the message that decided it (`STOP`, a custom
+    /// keyword); absent for an operator's change and in values written
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<String>,
+}
+
+/// The stored entry of one number on one list ([`OptOutEngine::lookup`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    /// Opted out.
+    pub opted_out: bool,
+    /// The receive time of the deciding message, or the operator's request
+    /// time, epoch ms.
+    pub since: Option<i64>,
+    /// What decided it: an inboundMessageId, or `operator:<request id>`.
+    pub cause: Option<String>,
+    /// The deciding message's keyword.
+    pub keyword: Option<String>,
 }
 
 /// A reply a self-managed number must send.
@@ -307,6 +326,8 @@ struct Entry {
     opted_out: bool,
     as_of: Option<i64>,
     cause: Option<CauseId>,
+    /// The deciding message's keyword (not part of the ordering).
+    keyword: Option<Box<str>>,
 }
 
 impl Entry {
@@ -361,12 +382,14 @@ impl ListState {
         opted_out: bool,
         as_of: Option<i64>,
         cause: Option<&str>,
+        keyword: Option<&str>,
     ) -> Decision {
         let cause = cause.map(CauseId::new);
         let new = Entry {
             opted_out,
             as_of,
             cause,
+            keyword: keyword.map(Box::from),
         };
         let already = if opted_out {
             StateUnchanged::AlreadyOptedOut
@@ -603,6 +626,7 @@ impl OptOutEngine {
                     want,
                     msg.received_at,
                     msg.inbound_message_id.as_deref(),
+                    class.keyword(),
                 );
                 let change = d.changed.then(|| OptOutChange {
                     opt_out_list: list.name.to_string(),
@@ -610,6 +634,7 @@ impl OptOutEngine {
                     opted_out: want,
                     as_of: msg.received_at,
                     cause: msg.inbound_message_id.clone(),
+                    keyword: class.keyword().map(str::to_owned),
                 });
                 (d.opted_out, d.unchanged, change)
             }
@@ -690,10 +715,15 @@ impl OptOutEngine {
     /// time, epoch ms) and what decided it (an inboundMessageId, or
     /// `operator:<request id>`). `None` when the number has no entry (it is
     /// not opted out).
-    pub fn lookup(&self, list: &str, number: &str) -> Option<(bool, Option<i64>, Option<String>)> {
+    pub fn lookup(&self, list: &str, number: &str) -> Option<Lookup> {
         let id = *self.list_ids.get(list)?;
         let e = self.lists.get(id)?.entries.get(number)?;
-        Some((e.opted_out, e.as_of, e.cause.as_ref().map(CauseId::text)))
+        Some(Lookup {
+            opted_out: e.opted_out,
+            since: e.as_of,
+            cause: e.cause.as_ref().map(CauseId::text),
+            keyword: e.keyword.as_deref().map(str::to_owned),
+        })
     }
 
     /// An operator's decision (the API's PUT or DELETE): `number` opted out
@@ -711,7 +741,7 @@ impl OptOutEngine {
     ) -> Option<OptOutChange> {
         let id = self.intern_list(list);
         let l = self.lists.get_mut(id)?;
-        l.decide(number, opted_out, Some(at), Some(cause))
+        l.decide(number, opted_out, Some(at), Some(cause), None)
             .changed
             .then(|| OptOutChange {
                 opt_out_list: list.to_owned(),
@@ -719,6 +749,7 @@ impl OptOutEngine {
                 opted_out,
                 as_of: Some(at),
                 cause: Some(cause.to_owned()),
+                keyword: None,
             })
     }
 
@@ -734,6 +765,7 @@ impl OptOutEngine {
                 change.opted_out,
                 change.as_of,
                 change.cause.as_deref(),
+                change.keyword.as_deref(),
             )
             .changed
         })
@@ -876,6 +908,7 @@ response = "tf info"
                         opted_out: true,
                         as_of: None,
                         cause: None,
+                        keyword: Some(k.to_owned()),
                     })
                 );
                 assert_eq!(o.reply, None);
@@ -1286,6 +1319,7 @@ response = "tf info"
             opted_out: false,
             as_of: Some(9),
             cause: Some("9".into()),
+            keyword: None,
         };
         assert!(!r.apply_change(&stale));
         assert!(r.is_opted_out(MK, CUST));
