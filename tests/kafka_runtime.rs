@@ -452,8 +452,14 @@ fn two_instances_sigkill_and_restore(bootstrap: &str, messages: usize) -> usize 
                 .chain(read(&bootstrap, "smsvoice.enriched-inbound", false).iter())
                 .map(|r| record_id(&r.3))
                 .collect();
-            (ids != want.record_ids)
-                .then(|| format!("{} of {} record ids", ids.len(), want.record_ids.len()))
+            (ids != want.record_ids).then(|| {
+                let missing: Vec<&String> = want.record_ids.difference(&ids).take(10).collect();
+                format!(
+                    "{} of {} record ids; missing (first 10): {missing:?}",
+                    ids.len(),
+                    want.record_ids.len()
+                )
+            })
         },
         &logs,
     );

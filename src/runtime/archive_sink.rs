@@ -1059,9 +1059,20 @@ impl Sink<'_> {
             tpl.add_partition(t, *p);
         }
         let committed = in_place(self.shared, "archive", "read committed offsets", || {
-            consumer
+            let got = consumer
                 .committed_offsets(tpl.clone(), CALL_TIMEOUT)
-                .map_err(|e| kafka("read committed offsets", e))
+                .map_err(|e| kafka("read committed offsets", e))?;
+            // A partition answered with an error has no offset: never read
+            // as "nothing committed" (see `commit::committed_offsets`).
+            for e in got.elements() {
+                e.error().map_err(|err| {
+                    kafka(
+                        &format!("read committed offset of {} [{}]", e.topic(), e.partition()),
+                        err,
+                    )
+                })?;
+            }
+            Ok(got)
         })?;
         for e in committed.elements() {
             let offset = match e.offset() {

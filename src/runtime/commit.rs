@@ -41,9 +41,23 @@ pub(super) fn committed_offsets(
         tpl.add_partition(t, *p);
     }
     let committed = in_place(shared, stage, "read committed offsets", || {
-        consumer
+        let got = consumer
             .committed_offsets(tpl.clone(), CALL_TIMEOUT)
-            .map_err(|e| kafka("read committed offsets", e))
+            .map_err(|e| kafka("read committed offsets", e))?;
+        // A partition the broker answered with an error (an offset commit
+        // of a transaction still pending: UNSTABLE_OFFSET_COMMIT, a
+        // coordinator moving) has no offset in the answer: never read that
+        // as "nothing committed", which would restore it empty and reread
+        // it from the start. Retried in place.
+        for e in got.elements() {
+            e.error().map_err(|err| {
+                kafka(
+                    &format!("read committed offset of {} [{}]", e.topic(), e.partition()),
+                    err,
+                )
+            })?;
+        }
+        Ok(got)
     })?;
     Ok(committed
         .elements()
