@@ -188,6 +188,24 @@ for fam in text_string_to_metric_families(sys.stdin.read()):
         .collect()
 }
 
+/// SIGTERM, then the exit status (panics after `within`).
+fn sigterm_and_wait(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st;
+        }
+        assert!(
+            start.elapsed() < within,
+            "still running {within:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn gauge_of(channel: &str) -> &'static str {
     match channel {
         "SMS" => "smsvoice_text_message_monthly_spend_usd",
@@ -555,20 +573,7 @@ fn http_api_against_a_real_broker() {
     );
 
     for mut i in [a, b] {
-        let pid = i.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let start = Instant::now();
-        let status = loop {
-            if let Ok(Some(st)) = i.child.try_wait() {
-                break st;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(90),
-                "still running 90 s after SIGTERM\n{}",
-                i.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let status = sigterm_and_wait(&mut i.child, Duration::from_secs(90));
         assert!(status.success(), "{status}\n{}", i.log_text());
     }
 }
@@ -694,18 +699,6 @@ fn demo_serve_answers_with_the_values_it_printed() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["optedOut"], true, "{body}");
     let mut served = served;
-    let pid = served.child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let start = Instant::now();
-    let status = loop {
-        if let Ok(Some(st)) = served.child.try_wait() {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "demo still serving 60 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = sigterm_and_wait(&mut served.child, Duration::from_secs(60));
     assert!(status.success(), "demo --serve exit: {status}");
 }

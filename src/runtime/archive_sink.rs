@@ -1062,16 +1062,7 @@ impl Sink<'_> {
             let got = consumer
                 .committed_offsets(tpl.clone(), CALL_TIMEOUT)
                 .map_err(|e| kafka("read committed offsets", e))?;
-            // A partition answered with an error has no offset: never read
-            // as "nothing committed" (see `commit::committed_offsets`).
-            for e in got.elements() {
-                e.error().map_err(|err| {
-                    kafka(
-                        &format!("read committed offset of {} [{}]", e.topic(), e.partition()),
-                        err,
-                    )
-                })?;
-            }
+            super::commit::answered(&got)?;
             Ok(got)
         })?;
         for e in committed.elements() {

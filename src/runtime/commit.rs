@@ -44,19 +44,7 @@ pub(super) fn committed_offsets(
         let got = consumer
             .committed_offsets(tpl.clone(), CALL_TIMEOUT)
             .map_err(|e| kafka("read committed offsets", e))?;
-        // A partition the broker answered with an error (an offset commit
-        // of a transaction still pending: UNSTABLE_OFFSET_COMMIT, a
-        // coordinator moving) has no offset in the answer: never read that
-        // as "nothing committed", which would restore it empty and reread
-        // it from the start. Retried in place.
-        for e in got.elements() {
-            e.error().map_err(|err| {
-                kafka(
-                    &format!("read committed offset of {} [{}]", e.topic(), e.partition()),
-                    err,
-                )
-            })?;
-        }
+        answered(&got)?;
         Ok(got)
     })?;
     Ok(committed
@@ -74,6 +62,23 @@ pub(super) fn committed_offsets(
             }
         })
         .collect())
+}
+
+/// Checks every partition of a committed-offsets answer: a partition the
+/// broker answered with an error (an offset commit of a transaction still
+/// pending: UNSTABLE_OFFSET_COMMIT; a coordinator moving) has no offset in
+/// the answer, and must never be read as "nothing committed", which would
+/// restore it empty and reread it from the start. The caller retries.
+pub(super) fn answered(got: &TopicPartitionList) -> Result<(), RuntimeError> {
+    for e in got.elements() {
+        e.error().map_err(|err| {
+            kafka(
+                &format!("read committed offset of {} [{}]", e.topic(), e.partition()),
+                err,
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Takes ownership of a partition whose next offset is `c.offset`: the

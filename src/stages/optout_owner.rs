@@ -111,13 +111,7 @@ impl OptOutOwner {
                         out.changes.push(change);
                     }
                 }
-                Err(reason) => out.dead_letters.push(DeadLetter {
-                    reason,
-                    payload: record.to_vec(),
-                    inner_payload: None,
-                    envelopes: vec![],
-                    provenance: at.clone(),
-                }),
+                Err(reason) => out.dead_letters.push(record_refused(reason, record, at)),
             }
             return;
         }
@@ -125,13 +119,7 @@ impl OptOutOwner {
         let (f, msg, has_keys) = match forward::decode_inbound(record, &self.limits, &mut intern) {
             Ok(x) => x,
             Err(Refused::Record(reason)) => {
-                out.dead_letters.push(DeadLetter {
-                    reason,
-                    payload: record.to_vec(),
-                    inner_payload: None,
-                    envelopes: vec![],
-                    provenance: at.clone(),
-                });
+                out.dead_letters.push(record_refused(reason, record, at));
                 return;
             }
             Err(Refused::Payload(p)) => {
@@ -175,6 +163,21 @@ impl OptOutOwner {
     /// The engine (read-only).
     pub fn engine(&self) -> &OptOutEngine {
         &self.engine
+    }
+}
+
+/// The dead letter of a forwarded record that cannot be read, at `at`.
+fn record_refused(
+    reason: crate::dead_letter::Reason,
+    record: &[u8],
+    at: &Provenance,
+) -> DeadLetter {
+    DeadLetter {
+        reason,
+        payload: record.to_vec(),
+        inner_payload: None,
+        envelopes: vec![],
+        provenance: at.clone(),
     }
 }
 
