@@ -422,7 +422,7 @@ impl Instance {
         cfg: Config,
         io: Option<tokio::runtime::Handle>,
     ) -> Result<Instance, RuntimeError> {
-        Instance::start_stoppable(cfg, io, Arc::new(AtomicBool::new(false)))
+        Instance::starting(cfg, io, Arc::new(AtomicBool::new(false)), false)
     }
 
     /// [`Instance::start`] with the instance's shutdown flag made by the
@@ -433,6 +433,18 @@ impl Instance {
         cfg: Config,
         io: Option<tokio::runtime::Handle>,
         shutdown: Arc<AtomicBool>,
+    ) -> Result<Instance, RuntimeError> {
+        Instance::starting(cfg, io, shutdown, true)
+    }
+
+    /// Starts; `warn_unreachable`: warn while the brokers do not answer
+    /// (`smsvoice run`; not in process, where the demo's mock cluster takes
+    /// its time over topic creation, which it does not support).
+    fn starting(
+        cfg: Config,
+        io: Option<tokio::runtime::Handle>,
+        shutdown: Arc<AtomicBool>,
+        warn_unreachable: bool,
     ) -> Result<Instance, RuntimeError> {
         let kafka = cfg
             .kafka
@@ -458,7 +470,10 @@ impl Instance {
         };
         let specs = all_topics(&kafka);
         let fatal = FatalSlot::default();
-        let report = match block_on(&handle, startup_topics(&kafka, &specs, &fatal, &shutdown)) {
+        let report = match block_on(
+            &handle,
+            startup_topics(&kafka, &specs, &fatal, &shutdown, warn_unreachable),
+        ) {
             Some(r) => r.map_err(|e| startup_error(&kafka, &fatal, e))?,
             None => return Err(RuntimeError::StoppedDuringStartup),
         };
@@ -658,6 +673,7 @@ async fn startup_topics(
     specs: &[crate::kafka::TopicSpec],
     fatal: &FatalSlot,
     shutdown: &AtomicBool,
+    warn_unreachable: bool,
 ) -> Option<Result<crate::kafka::EnsureReport, ClientError>> {
     let started = Instant::now();
     let ensure = ensure_topics_watched(kafka, specs, fatal);
@@ -677,7 +693,7 @@ async fn startup_topics(
                     tracing::warn!(bootstrap = %kafka.bootstrap_servers, "stopped before the brokers answered");
                     return None;
                 }
-                let due = match warned_at {
+                let due = warn_unreachable && match warned_at {
                     None => started.elapsed() >= UNREACHABLE_WARN_AFTER,
                     Some(t) => t.elapsed() >= Duration::from_secs(10),
                 };
