@@ -39,29 +39,16 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new();
-            let builder = builder
-                .set_buckets_for_metric(
-                    Matcher::Full("smsvoice_event_output_latency_seconds".into()),
-                    observe::LATENCY_BUCKETS,
-                )
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("smsvoice_commit_seconds".into()),
-                        observe::DURATION_BUCKETS,
-                    )
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("smsvoice_partition_restore_seconds".into()),
-                        observe::DURATION_BUCKETS,
-                    )
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("smsvoice_archive_upload_seconds".into()),
-                        observe::DURATION_BUCKETS,
-                    )
+            let buckets = [
+                ("smsvoice_event_output_latency_seconds", observe::LATENCY_BUCKETS),
+                ("smsvoice_commit_seconds", observe::DURATION_BUCKETS),
+                ("smsvoice_partition_restore_seconds", observe::DURATION_BUCKETS),
+                ("smsvoice_archive_upload_seconds", observe::DURATION_BUCKETS),
+            ];
+            let builder = buckets
+                .iter()
+                .try_fold(PrometheusBuilder::new(), |b, (name, buckets)| {
+                    b.set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
                 })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
