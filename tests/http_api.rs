@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use smsvoice::config::EMBEDDED_DEFAULT;
 use smsvoice::generate::{generate, Workload};
 
-use support::kafka::{consume_all, kafka_or_skip, produce_all, KafkaBroker};
+use support::kafka::{consume_to_end, kafka_or_skip, produce_all, KafkaBroker};
 use support::outputs::{expected_spend, latest, spend_of};
 
 const INPUT: &str = "http-input";
@@ -146,7 +146,7 @@ fn wait_until(timeout: Duration, mut check: impl FnMut() -> Option<String>, logs
 }
 
 fn read(bootstrap: &str, topic: &str) -> Vec<support::kafka::Consumed> {
-    consume_all(bootstrap, topic, usize::MAX, Duration::from_secs(3), false)
+    consume_to_end(bootstrap, topic, false)
 }
 
 /// The samples of a scrape as the Python `prometheus_client` parser reads

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use smsvoice::config::EMBEDDED_DEFAULT;
 use smsvoice::generate::{generate, Workload};
 
-use support::kafka::{consume_all, kafka_or_skip, produce_all, KafkaBroker};
+use support::kafka::{consume_all, consume_to_end, kafka_or_skip, produce_all, KafkaBroker};
 use support::outputs::{expected_spend, latest, optout_table, spend_of};
 
 const INPUT: &str = "restore-events";
@@ -30,7 +30,7 @@ const INBOUND: &str = "smsvoice.internal.inbound-by-number";
 
 /// Every record of `topic` (read uncommitted, no group).
 fn read(bootstrap: &str, topic: &str) -> Vec<support::kafka::Consumed> {
-    consume_all(bootstrap, topic, usize::MAX, Duration::from_secs(3), false)
+    consume_to_end(bootstrap, topic, false)
 }
 
 /// FNV-1a (64-bit) of `key` modulo `partitions`, written out here: the

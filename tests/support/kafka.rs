@@ -651,6 +651,100 @@ pub fn produce_to<'a>(
 /// One consumed record: partition, offset, key, value, headers.
 pub type Consumed = (i32, i64, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
 
+/// Reads every record of `topic` present when it is called: from the
+/// beginning of every partition (no consumer group) to the end of each, as
+/// the broker reports it (librdkafka's partition-EOF event: the high
+/// watermark, or with `read_committed` the last stable offset), however long
+/// that takes; a fixed read window cut large topics short. Panics after
+/// 300 s without reaching every end. Sorted by (partition, offset).
+#[allow(dead_code)]
+pub fn consume_to_end(bootstrap: &str, topic: &str, read_committed: bool) -> Vec<Consumed> {
+    let timeout = Duration::from_secs(300);
+    let start = Instant::now();
+    let mut cfg = KafkaConfig::new(bootstrap);
+    cfg.exactly_once = read_committed;
+    let c: BaseConsumer = consumer_config(&cfg, "test-reader")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap_or_else(|e| panic!("consumer: {e}"));
+    let partitions = partitions_of(&c, topic, start, Duration::from_secs(30));
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
+    }
+    c.assign(&tpl)
+        .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
+    let mut at_end = vec![false; partitions as usize];
+    let mut out: Vec<Consumed> = Vec::new();
+    while at_end.iter().any(|e| !e) {
+        assert!(
+            start.elapsed() < timeout,
+            "{topic}: the end of partitions {:?} not reached in {timeout:?} ({} records read)",
+            at_end
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| !**e)
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>(),
+            out.len()
+        );
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => out.push(consumed(&m)),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                if let Some(e) = usize::try_from(p).ok().and_then(|p| at_end.get_mut(p)) {
+                    *e = true;
+                }
+            }
+            Some(Err(e)) => panic!("consume {topic}: {e}"),
+            None => {}
+        }
+    }
+    out.sort_by_key(|r| (r.0, r.1));
+    out
+}
+
+fn consumed(m: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        m.partition(),
+        m.offset(),
+        m.key().map(<[u8]>::to_vec),
+        m.payload().unwrap_or_default().to_vec(),
+        headers,
+    )
+}
+
+/// The partition count of `topic`, waiting up to `timeout` from `start` for
+/// it to exist.
+fn partitions_of(c: &BaseConsumer, topic: &str, start: Instant, timeout: Duration) -> i32 {
+    loop {
+        match c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(md) => {
+                let n = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map_or(0, |t| t.partitions().len());
+                if n > 0 {
+                    return n as i32;
+                }
+            }
+            Err(e) if start.elapsed() > timeout => panic!("metadata of {topic}: {e}"),
+            Err(_) => {}
+        }
+        assert!(start.elapsed() < timeout, "topic {topic} has no partitions");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Reads `topic` from the beginning of every partition (no consumer group)
 /// until `expected_count` records arrived and then 500 ms passed without
 /// another (so extra records are seen too), or until `timeout`. Returns the
@@ -669,24 +763,7 @@ pub fn consume_all(
     let c: BaseConsumer = consumer_config(&cfg, "test-reader")
         .create()
         .unwrap_or_else(|e| panic!("consumer: {e}"));
-    let partitions = loop {
-        match c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            Ok(md) => {
-                let n = md
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
-                    .map_or(0, |t| t.partitions().len());
-                if n > 0 {
-                    break n as i32;
-                }
-            }
-            Err(e) if start.elapsed() > timeout => panic!("metadata of {topic}: {e}"),
-            Err(_) => {}
-        }
-        assert!(start.elapsed() < timeout, "topic {topic} has no partitions");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let partitions = partitions_of(&c, topic, start, timeout);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -699,21 +776,7 @@ pub fn consume_all(
     while start.elapsed() < timeout {
         match c.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push((
-                    m.partition(),
-                    m.offset(),
-                    m.key().map(<[u8]>::to_vec),
-                    m.payload().unwrap_or_default().to_vec(),
-                    headers,
-                ));
+                out.push(consumed(&m));
                 last = Instant::now();
             }
             Some(Err(e)) => panic!("consume {topic}: {e}"),
