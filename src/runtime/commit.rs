@@ -10,7 +10,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::produce::{send, DeliveryContext, QueueFullWait, EPOCHS};
+use super::paused_poll::PausedPoll;
+use super::produce::{send, DeliveryContext, EPOCHS};
 use super::retry::in_place;
 use super::stage::{kafka, Logic, LoopState, PendingCommit, StageContext, CALL_TIMEOUT};
 use super::{RuntimeError, Shared};
@@ -319,7 +320,7 @@ pub(super) enum Wait {
 /// records are all acknowledged (merged into one commit: offsets only grow),
 /// in order, stopping at the first epoch still waiting. With a [`Wait`] it
 /// first waits, pausing the consumer and polling it meanwhile
-/// ([`QueueFullWait`]), while more is waiting than it allows. Commits are
+/// ([`PausedPoll`]), while more is waiting than it allows. Commits are
 /// asynchronous except the last (a failed asynchronous commit is superseded
 /// by the next one). A failed delivery voids every epoch not yet committed:
 /// the error is `Abort` class, and the stage rewinds to the last commit.
@@ -334,7 +335,7 @@ pub(super) fn drain(
     let ctx = producer.context();
     let mut ready: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut last_done = 0;
-    let mut wait: Option<QueueFullWait> = None;
+    let mut wait: Option<PausedPoll> = None;
     let result = loop {
         let Some(front) = s.pending.front() else {
             break Ok(());
@@ -351,7 +352,7 @@ pub(super) fn drain(
             if !too_much {
                 break Ok(());
             }
-            let w = wait.get_or_insert_with(QueueFullWait::new);
+            let w = wait.get_or_insert_with(PausedPoll::queue_full);
             if let Err(e) = w.tick(shared, consumer) {
                 break Err(e);
             }

@@ -42,6 +42,7 @@ pub mod gaps;
 pub mod message_owner;
 pub mod observe;
 pub mod optout_owner;
+pub mod paused_poll;
 pub mod produce;
 pub mod records;
 pub mod restore;
@@ -276,9 +277,9 @@ pub struct Metrics {
 
 impl Metrics {
     /// How long a loop may go without turning before `/healthz` fails:
-    /// longer than any wait a loop makes (a restore is bounded by
-    /// `max.poll.interval.ms`, 5 minutes by default; a restart backoff by
-    /// a minute).
+    /// longer than any wait a loop makes (a restore: 10M tracked messages
+    /// take about 100 s, the consumer polled meanwhile; a retry in place at
+    /// most 120 s; a restart backoff at most a minute).
     pub const STALE_LOOP: Duration = Duration::from_secs(600);
 
     /// Records that loop `name` turned (call at most every second or so).

@@ -12,22 +12,22 @@
 //! Vector's Kafka source stores an offset only once its sink acknowledged
 //! the batch, and the loop never waits for a flush.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::ClientContext;
 
 use super::formats::FORMAT_HEADER;
+use super::paused_poll::PausedPoll;
 use super::records::OutRecord;
-use super::stage::{kafka, PollErrors, StageContext, CALL_TIMEOUT, POLL};
+use super::stage::{kafka, StageContext};
 use super::{RuntimeError, Shared};
 use crate::kafka::client::ClientWatch;
 
@@ -120,7 +120,7 @@ pub const QUEUE_FULL_PAUSE_AFTER: Duration = Duration::from_millis(100);
 
 /// Sends one record of `epoch`, waiting while the producer queue is full
 /// (the producer's own thread serves its delivery reports meanwhile; see
-/// [`QueueFullWait`] for the consumer).
+/// [`PausedPoll`] for the consumer).
 pub(super) fn send(
     shared: &Shared,
     consumer: &BaseConsumer<StageContext>,
@@ -153,14 +153,14 @@ pub(super) fn send(
     }
     let outstanding = &producer.context().outstanding[slot];
     outstanding.fetch_add(1, Ordering::AcqRel);
-    let mut wait: Option<QueueFullWait> = None;
+    let mut wait: Option<PausedPoll> = None;
     let sent = loop {
         match producer.send(rec) {
             Ok(()) => break Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 // Backpressure: the broker is slower than we are.
                 rec = r;
-                let w = wait.get_or_insert_with(QueueFullWait::new);
+                let w = wait.get_or_insert_with(PausedPoll::queue_full);
                 if let Err(e) = w.tick(shared, consumer) {
                     break Err(e);
                 }
@@ -176,98 +176,4 @@ pub(super) fn send(
         w.finish(consumer);
     }
     sent
-}
-
-/// A wait on a full producer queue. The first [`QUEUE_FULL_PAUSE_AFTER`] is
-/// slept through; then every assigned partition is paused (librdkafka drops
-/// what it prefetched and resumes from the last record handed out) and the
-/// consumer is polled, so that rebalance callbacks run (their events are
-/// handled by the loop afterwards, as usual), consumer errors are seen and
-/// the member stays within `max.poll.interval.ms`. A record a poll still
-/// returns (of a partition assigned meanwhile, so not paused) is read again:
-/// its partition is sought back to it when the wait ends.
-pub(super) struct QueueFullWait {
-    pub(super) since: Instant,
-    pub(super) paused: Option<TopicPartitionList>,
-    pub(super) reread: BTreeMap<(String, i32), i64>,
-    pub(super) poll_errors: PollErrors,
-}
-
-impl QueueFullWait {
-    pub(super) fn new() -> QueueFullWait {
-        QueueFullWait {
-            since: Instant::now(),
-            paused: None,
-            reread: BTreeMap::new(),
-            poll_errors: PollErrors::default(),
-        }
-    }
-
-    /// One turn of the wait: an error ends it (a fatal error of the
-    /// instance, a fatal consumer error, or still full a while after a stop
-    /// was asked for).
-    pub(super) fn tick(
-        &mut self,
-        shared: &Shared,
-        consumer: &BaseConsumer<StageContext>,
-    ) -> Result<(), RuntimeError> {
-        if let Some(f) = shared.fatal() {
-            return Err(RuntimeError::Fatal(Box::new(f)));
-        }
-        let waited = self.since.elapsed();
-        if waited >= CALL_TIMEOUT && shared.stopping() {
-            return Err(kafka(
-                "produce",
-                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-            ));
-        }
-        if waited < QUEUE_FULL_PAUSE_AFTER {
-            std::thread::sleep(Duration::from_millis(2));
-            return Ok(());
-        }
-        if self.paused.is_none() {
-            let tpl = consumer
-                .assignment()
-                .map_err(|e| kafka("read assignment", e))?;
-            consumer
-                .pause(&tpl)
-                .map_err(|e| kafka("pause partitions", e))?;
-            tracing::debug!(
-                partitions = tpl.count(),
-                "producer queue full: consumer paused"
-            );
-            self.paused = Some(tpl);
-        }
-        match consumer.poll(POLL) {
-            None => {}
-            Some(Ok(m)) => {
-                let o = self
-                    .reread
-                    .entry((m.topic().to_owned(), m.partition()))
-                    .or_insert(m.offset());
-                *o = (*o).min(m.offset());
-            }
-            Some(Err(e)) => {
-                self.poll_errors
-                    .check(shared, "producer queue full", "consume", e, true)?
-            }
-        }
-        Ok(())
-    }
-
-    /// Resumes what was paused and seeks back to the records read meanwhile.
-    /// Failures are logged only: a partition revoked meanwhile can be
-    /// neither resumed nor sought, and needs neither.
-    pub(super) fn finish(self, consumer: &BaseConsumer<StageContext>) {
-        if let Some(tpl) = &self.paused {
-            if let Err(e) = consumer.resume(tpl) {
-                tracing::debug!(error = %e, "resume after a full producer queue");
-            }
-        }
-        for ((t, p), o) in self.reread {
-            if let Err(e) = consumer.seek(&t, p, Offset::Offset(o), CALL_TIMEOUT) {
-                tracing::debug!(topic = t, partition = p, error = %e, "seek back after a full producer queue");
-            }
-        }
-    }
 }

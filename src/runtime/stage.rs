@@ -12,8 +12,10 @@
 //! * **Assignment** (cooperative rebalancing): a newly assigned partition is
 //!   handed to [`Logic::assign`] with its committed offset before any of its
 //!   records is processed, so the stage rebuilds that partition's state from
-//!   Kafka. The restore runs inside the loop (the consumer is not polled
-//!   meanwhile), so it must stay under `max.poll.interval.ms`. A revoked partition is dropped from the offsets to commit and
+//!   Kafka. The restore runs on a thread of its own while the loop's
+//!   thread polls the consumer with every partition paused
+//!   ([`super::paused_poll`]), so a long restore never drops the member from
+//!   the group; nothing is processed until it ends. A revoked partition is dropped from the offsets to commit and
 //!   from the logic: its new owner re-reads
 //!   it from the last commit. In a transaction, a revocation aborts the
 //!   transaction and **rewinds** every partition still owned to its
@@ -64,10 +66,11 @@ use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::commit::{
-    commit, committed_offsets, confirm, drain, rewind, take_retrying, Wait, MAX_REWINDS,
+    commit, committed_offsets, confirm, drain, rewind, take_retrying, Committed, Wait, MAX_REWINDS,
 };
 use super::formats::FORMAT_HEADER;
 use super::gaps::{in_sequence, probe_stalls, GapProbe};
+use super::paused_poll::PausedPoll;
 use super::produce::{send, DeliveryContext};
 use super::records::OutRecord;
 use super::retry::{self, in_place};
@@ -635,14 +638,70 @@ fn handle_events<L: Logic>(
             Event::Assigned(parts) => {
                 // Not ready while restoring (`/readyz`).
                 let _restoring = Restoring::new(shared, parts.len());
-                for c in committed_offsets(shared, logic.name(), consumer, &parts)? {
-                    take_retrying(shared, logic, s, c)?;
-                }
+                let committed = committed_offsets(shared, logic.name(), consumer, &parts)?;
+                restore_polling(shared, logic, consumer, s, committed)?;
                 tracing::info!(stage = logic.name(), partitions = ?parts, "partitions assigned");
             }
         }
     }
     Ok(())
+}
+
+/// Restores the partitions of `committed` ([`take_retrying`], one after the
+/// other) on a thread of its own while this thread polls the consumer with
+/// every partition paused ([`PausedPoll`]): however long a restore takes,
+/// the member stays in the group (`max.poll.interval.ms`), rebalance
+/// callbacks run (their events are handled after it, in order) and consumer
+/// errors are seen. Nothing is processed meanwhile: the loop's state belongs
+/// to the restore until it ends.
+fn restore_polling<L: Logic>(
+    shared: &Shared,
+    logic: &mut L,
+    consumer: &BaseConsumer<StageContext>,
+    s: &mut LoopState,
+    committed: Vec<Committed>,
+) -> Result<(), RuntimeError> {
+    if committed.is_empty() {
+        return Ok(());
+    }
+    let name = logic.name();
+    let mut wait = PausedPoll::restore();
+    let (restored, waited) = std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-restore"))
+            .spawn_scoped(scope, move || {
+                for c in committed {
+                    take_retrying(shared, logic, s, c)?;
+                }
+                Ok::<(), RuntimeError>(())
+            });
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                let e = RuntimeError::Stage(name, format!("cannot start the restore thread: {e}"));
+                return (Err(e), Ok(()));
+            }
+        };
+        let mut waited = Ok(());
+        while !thread.is_finished() {
+            if waited.is_ok() {
+                waited = wait.tick(shared, consumer);
+            } else {
+                // The wait ended with an error: the restore is let finish
+                // (it stops on a fatal error or a stop too), unpolled.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let restored = thread.join().unwrap_or_else(|_| {
+            Err(RuntimeError::Stage(
+                name,
+                "the restore thread panicked".into(),
+            ))
+        });
+        (restored, waited)
+    });
+    wait.finish(consumer);
+    restored.and(waited)
 }
 
 /// Counts partitions being restored in [`super::Metrics::restoring`] for as
