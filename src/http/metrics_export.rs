@@ -16,13 +16,14 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::runtime::observe;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use super::AppState;
 use crate::model::Channel;
 use crate::money::Usd;
 use crate::runtime::Metrics;
 use crate::spend::alarms::AlarmState;
+use crate::spend::MonthKey;
 
 /// The process's recorder (installed once, the first time a server starts:
 /// the metrics recorded where things happen, [`crate::runtime::observe`],
@@ -34,6 +35,57 @@ pub(crate) struct Exporter {
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// `smsvoice_process_start_time_seconds`: the unix time at which the
+/// process set up its first HTTP server (`run` does so once the instance has
+/// started, after the brokers answered). A restart changes it, so the alert
+/// rules count restarts with `changes(...)`.
+static STARTED: OnceLock<f64> = OnceLock::new();
+
+/// The month `smsvoice_current_month_info` last called current.
+static CURRENT_MONTH: Mutex<Option<String>> = Mutex::new(None);
+
+/// Unix time now, in seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The process's start time (see [`STARTED`]), fixed on first use.
+fn process_start() -> f64 {
+    *STARTED.get_or_init(unix_now)
+}
+
+/// Records `now` as the current month in `last`; the month it replaces, if
+/// any (its `smsvoice_current_month_info` goes to 0: the exporter cannot
+/// drop a series).
+fn month_change(last: &mut Option<String>, now: &str) -> Option<String> {
+    if last.as_deref() == Some(now) {
+        return None;
+    }
+    last.replace(now.to_owned())
+}
+
+/// `smsvoice_current_month_info{month}`: 1 for the UTC month of the clock
+/// at `now_ms`, 0 for a month that was current earlier in this process's
+/// life. The alert rules join on it so that only the current month's spend
+/// alerts (the gauges of past months stay exported).
+fn current_month(now_ms: i64) {
+    let Some(month) = MonthKey::from_epoch_ms(now_ms).map(|m| m.to_string()) else {
+        return;
+    };
+    let old = {
+        let mut last = CURRENT_MONTH
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        month_change(&mut last, &month)
+    };
+    if let Some(old) = old {
+        gauge!("smsvoice_current_month_info", "month" => old).set(0.0);
+    }
+    gauge!("smsvoice_current_month_info", "month" => month).set(1.0);
+}
 
 /// The process's Prometheus recorder, installed on first use.
 fn handle() -> PrometheusHandle {
@@ -63,6 +115,7 @@ fn handle() -> PrometheusHandle {
 
 impl Exporter {
     pub(crate) fn new(shared: &crate::runtime::Shared) -> Result<Exporter, String> {
+        process_start();
         Ok(Exporter {
             handle: handle(),
             lag: super::lag::Lag::new(shared)?,
@@ -193,6 +246,15 @@ fn describe() {
         Unit::Seconds,
         "Duration of one archive file upload, retries included"
     );
+    describe_gauge!(
+        "smsvoice_current_month_info",
+        "1 for the UTC month of the instance's clock (label month, YYYY-MM), 0 for a month that was current earlier"
+    );
+    describe_gauge!(
+        "smsvoice_process_start_time_seconds",
+        Unit::Seconds,
+        "Unix time at which the process started (set up its HTTP server, once the instance had started)"
+    );
     describe_gauge!("smsvoice_consumer_lag_records", "Records of a partition after the group's committed offset (labels group, topic, partition; not updated while the broker does not answer)");
 }
 
@@ -264,6 +326,8 @@ fn update(state: &AppState, ready: bool, lags: &[super::lag::PartitionLag]) {
         0.0
     });
     gauge!("smsvoice_ready").set(if ready { 1.0 } else { 0.0 });
+    gauge!("smsvoice_process_start_time_seconds").set(process_start());
+    current_month(chrono::Utc::now().timestamp_millis());
     for l in lags {
         gauge!("smsvoice_consumer_lag_records", "group" => l.group.clone(), "topic" => l.topic.clone(), "partition" => l.partition.to_string())
             .set(l.records as f64);
@@ -300,4 +364,39 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_current_month_changes_once_per_month() {
+        let mut last = None;
+        assert_eq!(month_change(&mut last, "2026-11"), None);
+        assert_eq!(month_change(&mut last, "2026-11"), None);
+        assert_eq!(
+            month_change(&mut last, "2026-12"),
+            Some("2026-11".to_owned())
+        );
+        assert_eq!(last.as_deref(), Some("2026-12"));
+        // 2026-12-31T23:59:59.999Z and the next millisecond.
+        let end = MonthKey::new(2026, 12).map(MonthKey::end_ms);
+        assert_eq!(
+            end.and_then(|e| MonthKey::from_epoch_ms(e - 1))
+                .map(|m| m.to_string()),
+            Some("2026-12".to_owned())
+        );
+        assert_eq!(
+            end.and_then(MonthKey::from_epoch_ms).map(|m| m.to_string()),
+            Some("2027-01".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_start_time_is_fixed() {
+        let a = process_start();
+        assert!(a > 1.6e9, "{a}");
+        assert_eq!(process_start(), a);
+    }
 }
