@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-tools.sh      # moto[server] (S3-compatible server), duckdb
 bash scripts/install-kafka.sh >/dev/null # Apache Kafka broker from Maven Central (cached under ~/.cache/smsvoice-tools)
+bash scripts/install-deploy-tools.sh    # helm, promtool, kubernetes-validate, prometheus-operator CRDs (deployment tests)
 cargo test --locked --all-features "$@"
