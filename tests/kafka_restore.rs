@@ -71,9 +71,15 @@ fn committed_partitions(bootstrap: &str, group: &str, topic: &str) -> usize {
 }
 
 fn start(config: &Path, name: &str, dir: &Path) -> (Child, PathBuf) {
+    start_with(config, name, dir, &[])
+}
+
+/// [`start`] with more environment variables.
+fn start_with(config: &Path, name: &str, dir: &Path, env: &[(&str, &str)]) -> (Child, PathBuf) {
     let log = dir.join(format!("{name}.log"));
     let f = std::fs::File::create(&log).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_smsvoice"))
+        .envs(env.iter().copied())
         .args(["run", "--config"])
         .env("SMSVOICE_HTTP__LISTEN", "127.0.0.1:0")
         .arg(config)
@@ -283,4 +289,85 @@ fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
     let got = spend_of(&read(&bootstrap, "smsvoice.spend"));
     assert_eq!(got, want);
     eprintln!("b restored: {lines:?}");
+}
+
+/// A restore that outlasts `max.poll.interval.ms` keeps the member in the
+/// group: the stage's consumer is polled, paused, while the partition is
+/// restored on another thread. Every restore here is made to last 15 s
+/// (`DEBUG_SMSVOICE_RESTORE_DELAY_MS`, debug builds) against a poll
+/// interval of 6 s: a loop that did not poll would be evicted, rejoin, be
+/// assigned again and restore again (one more "partitions assigned" line
+/// per stage each time), and librdkafka would log the exceeded interval.
+#[test]
+fn a_restore_longer_than_the_poll_interval_keeps_the_member_in_the_group() {
+    if !kafka_or_skip("a long restore keeps polling") {
+        return;
+    }
+    let broker = KafkaBroker::start();
+    let bootstrap = broker.bootstrap.clone();
+    support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("smsvoice.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{EMBEDDED_DEFAULT}\n[kafka]\nbootstrap_servers = {bootstrap:?}\ngroup_id = \"slow\"\n\
+             partitions = {PARTITIONS}\ncommit_interval_ms = 500\nshutdown_grace_ms = 20000\n\
+             [kafka.input_topics]\nevents = [{INPUT:?}]\ninbound = [{INPUT:?}]\n\
+             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"6000\"\n"
+        ),
+    )
+    .expect("config");
+    let g = generate(&Workload {
+        seed: 616,
+        messages: 1_000,
+        ..Workload::default()
+    });
+    let want = expected_spend(&g);
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
+        g.records.iter().map(|r| (None, r.clone())).collect();
+    produce_all(&bootstrap, INPUT, PARTITIONS, &records);
+    let (mut c, log) = start_with(
+        &cfg,
+        "slow",
+        dir.path(),
+        &[("DEBUG_SMSVOICE_RESTORE_DELAY_MS", "15000")],
+    );
+    wait_until(
+        Duration::from_secs(240),
+        || {
+            let got = spend_of(&read(&bootstrap, "smsvoice.spend"));
+            (got != want).then(|| format!("spend {got:?}\nwant {want:?}"))
+        },
+        &log,
+    );
+    // Past two more poll intervals: an eviction would show by now.
+    std::thread::sleep(Duration::from_secs(12));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut assigned: BTreeMap<String, usize> = BTreeMap::new();
+    for l in text.lines().filter(|l| l.contains("partitions assigned")) {
+        let stage = l
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("stage="))
+            .unwrap_or("?")
+            .trim_matches('"')
+            .to_owned();
+        *assigned.entry(stage).or_default() += 1;
+    }
+    for stage in ["router", "messages", "optouts", "totals"] {
+        assert_eq!(
+            assigned.get(stage).copied(),
+            Some(1),
+            "stage {stage} assigned once (alone in its group, never evicted): {assigned:?}\n{text}"
+        );
+    }
+    assert!(
+        !text.to_ascii_lowercase().contains("poll interval"),
+        "the poll interval was exceeded:\n{text}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let st = c.wait().expect("wait");
+    assert!(st.success(), "after SIGTERM: {st}");
 }

@@ -670,6 +670,7 @@ fn restore_polling<L: Logic>(
         let thread = std::thread::Builder::new()
             .name(format!("{name}-restore"))
             .spawn_scoped(scope, move || {
+                debug_restore_delay();
                 for c in committed {
                     take_retrying(shared, logic, s, c)?;
                 }
@@ -702,6 +703,19 @@ fn restore_polling<L: Logic>(
     });
     wait.finish(consumer);
     restored.and(waited)
+}
+
+/// Debug builds only (the binary the integration tests run): sleeps
+/// `DEBUG_SMSVOICE_RESTORE_DELAY_MS` before each restore, so a test can make
+/// a restore outlast `max.poll.interval.ms` (tests/kafka_restore.rs).
+fn debug_restore_delay() {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("DEBUG_SMSVOICE_RESTORE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
 }
 
 /// Counts partitions being restored in [`super::Metrics::restoring`] for as
