@@ -372,7 +372,6 @@ fn workload(messages: usize) -> Workload {
 /// (the instances' `RUST_LOG`, e.g. `smsvoice=debug,librdkafka=debug`),
 /// `E2E_RDKAFKA_DEBUG` (librdkafka's `debug`, e.g. `cgrp`).
 #[test]
-#[ignore = "known bug, not gating: after a SIGKILL and restart the message owners can hold the last events for the spend watermarks for good (spend short after 300 s in 2 of 3 clean-clone runs on 2026-12-02); .ci/run runs it and reports; see README Notes"]
 fn at_least_once_two_instances_sigkill_and_restore() {
     let broker = KafkaBroker::start();
     create_input(&broker.bootstrap);
