@@ -7,8 +7,9 @@
 #
 # Build stage: rdkafka's default build (bundled librdkafka through its
 # configure script, linked to the system OpenSSL and zlib; "ssl" feature),
-# aws-lc-sys (C, cmake). The release profile of Cargo.toml keeps debug info
-# for profiling; the image's binary is built without it and stripped.
+# aws-lc-sys (C and assembly; cmake for its CMake builder). The release
+# profile of Cargo.toml keeps debug info for profiling; the image's binary
+# is built without it and stripped (273 MiB -> about 30 MiB).
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm

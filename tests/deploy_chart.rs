@@ -373,7 +373,7 @@ fn resolve_port(port: &Value, container: &Value) -> u64 {
 
 /// What one rendering is checked for.
 struct Expect {
-    /// Kinds that must be rendered (ConfigMap counted once per object).
+    /// Kinds that must be rendered.
     kinds: &'static [&'static str],
     /// Secret volumes that must be mounted.
     secret_volumes: &'static [&'static str],
