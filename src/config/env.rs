@@ -76,10 +76,11 @@ pub const FILE_SUFFIX: &str = "_FILE";
 /// (`runtime::stage::instance_id`); the others by the tests and scripts
 /// (`tests/archive.rs`, `tests/support/kafka.rs`, `scripts/install-kafka.sh`),
 /// whose environment the `smsvoice` processes they start inherit.
-pub const NOT_CONFIGURATION: [&str; 5] = [
+pub const NOT_CONFIGURATION: [&str; 6] = [
     "SMSVOICE_INSTANCE_ID",
     "SMSVOICE_BLESS",
     "SMSVOICE_TOOLS",
+    "SMSVOICE_REQUIRE_TOOLS",
     "SMSVOICE_KAFKA_HEAP",
     "SMSVOICE_KEEP_BROKER_DIR",
 ];
@@ -695,6 +696,7 @@ mod tests {
             ("SMSVOICE_TOOLS", "/tmp/t"),
             ("SMSVOICE_BLESS", "1"),
             ("SMSVOICE_KEEP_BROKER_DIR", "1"),
+            ("SMSVOICE_REQUIRE_TOOLS", "1"),
             ("SMSVOICE_SERVICE_HOST", "10.0.0.1"),
             ("SMSVOICE_SERVICE_PORT", "8080"),
             ("SMSVOICE_SERVICE_PORT_METRICS", "8080"),
