@@ -30,7 +30,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +37,7 @@ use std::time::{Duration, Instant};
 use smsvoice::config::EMBEDDED_DEFAULT;
 use smsvoice::generate::{generate, Workload};
 
+use support::http::{get_text, http_base, parse_metrics};
 use support::kafka::{kafka_or_skip, produce_all, KafkaBroker};
 
 const RULES: &str = "helm/smsvoice-pipeline/files/prometheus-rules.yaml";
@@ -413,27 +413,28 @@ fn the_dashboard_is_importable_and_its_promql_parses() {
 
 // ------------------------------------------------------------- metric names
 
+/// The index after the string literal opening at `c[j]` (a quote), escapes
+/// skipped.
+fn end_of_quoted(c: &[char], j: usize) -> usize {
+    let q = c[j];
+    let mut k = j + 1;
+    while k < c.len() && c[k] != q {
+        if c[k] == '\\' {
+            k += 1;
+        }
+        k += 1;
+    }
+    k + 1
+}
 /// The metric names a PromQL expression reads: identifiers that are not
 /// functions or aggregations (followed by `(`), keywords, label names
 /// (inside `{...}`, `by (...)`, `on (...)`, ...), durations, numbers, or
 /// strings.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     const KEYWORDS: &[&str] = &[
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "atan2",
-        "inf",
-        "nan",
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
+        "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
     ];
+    // Keywords followed by a label list.
     const LISTS: &[&str] = &[
         "by",
         "without",
@@ -464,14 +465,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                     return k + 1;
                 }
             } else if c[k] == '"' || c[k] == '\'' || c[k] == '`' {
-                let q = c[k];
-                k += 1;
-                while k < c.len() && c[k] != q {
-                    if c[k] == '\\' {
-                        k += 1;
-                    }
-                    k += 1;
-                }
+                k = end_of_quoted(&c, k) - 1;
             }
             k += 1;
         }
@@ -480,14 +474,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     while i < c.len() {
         let ch = c[i];
         if ch == '"' || ch == '\'' || ch == '`' {
-            i += 1;
-            while i < c.len() && c[i] != ch {
-                if c[i] == '\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i += 1;
+            i = end_of_quoted(&c, i);
         } else if ch == '{' {
             i = skip_group(i, '{', '}');
         } else if ch == '[' {
@@ -528,6 +515,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             } else if c.get(next) == Some(&'(')
                 || grouping_first
                 || KEYWORDS.contains(&lower.as_str())
+                || LISTS.contains(&lower.as_str())
             {
                 // a function or aggregation, or a keyword
             } else {
@@ -753,16 +741,8 @@ impl Instance {
         let start = Instant::now();
         i.base = loop {
             let text = i.log_text();
-            let addr = text
-                .lines()
-                .filter(|l| l.contains("http server listening"))
-                .find_map(|l| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))
-                        .map(str::to_owned)
-                });
-            if let Some(a) = addr {
-                break format!("http://{a}");
+            if let Some(base) = http_base(&text) {
+                break base;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(90),
@@ -781,12 +761,7 @@ impl Instance {
     }
 
     fn scrape(&self) -> String {
-        ureq::get(&format!("{}/metrics", self.base))
-            .timeout(Duration::from_secs(30))
-            .call()
-            .unwrap_or_else(|e| panic!("GET /metrics: {e}\n{}", self.log_text()))
-            .into_string()
-            .expect("body")
+        get_text(&self.base, "/metrics", &self.log_text())
     }
 }
 
@@ -795,41 +770,6 @@ impl Drop for Instance {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The samples of a scrape as the Python `prometheus_client` parser reads
-/// them: (name, labels, value).
-fn parse_metrics(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
-    const PARSER: &str = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-for fam in text_string_to_metric_families(sys.stdin.read()):
-    for s in fam.samples:
-        print(json.dumps([s.name, s.labels, s.value]))
-"#;
-    let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-        .args(["-c", PARSER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (scripts/install-test-tools.sh installs prometheus_client)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write scrape");
-    let out = child.wait_with_output().expect("parser");
-    assert!(
-        out.status.success(),
-        "prometheus_client refused the scrape: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("parser line"))
-        .collect()
 }
 
 fn sum_of(samples: &[(String, BTreeMap<String, String>, f64)], name: &str) -> f64 {

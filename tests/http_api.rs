@@ -19,7 +19,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +26,7 @@ use std::time::{Duration, Instant};
 use smsvoice::config::EMBEDDED_DEFAULT;
 use smsvoice::generate::{generate, Workload};
 
+use support::http::{get_text, http_base, parse_metrics};
 use support::kafka::{consume_to_end, kafka_or_skip, produce_all, KafkaBroker};
 use support::outputs::{expected_spend, latest, spend_of};
 
@@ -61,16 +61,8 @@ impl Instance {
         let start = Instant::now();
         let base = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let addr = text
-                .lines()
-                .filter(|l| l.contains("http server listening"))
-                .find_map(|l| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))
-                        .map(str::to_owned)
-                });
-            if let Some(a) = addr {
-                break format!("http://{a}");
+            if let Some(base) = http_base(&text) {
+                break base;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(90),
@@ -105,12 +97,7 @@ impl Instance {
     }
 
     fn text(&self, path: &str) -> String {
-        ureq::get(&format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(30))
-            .call()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log_text()))
-            .into_string()
-            .expect("body")
+        get_text(&self.base, path, &self.log_text())
     }
 }
 
@@ -147,45 +134,6 @@ fn wait_until(timeout: Duration, mut check: impl FnMut() -> Option<String>, logs
 
 fn read(bootstrap: &str, topic: &str) -> Vec<support::kafka::Consumed> {
     consume_to_end(bootstrap, topic, false)
-}
-
-/// The samples of a scrape as the Python `prometheus_client` parser reads
-/// them: (name, labels, value).
-fn parse_metrics(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
-    const PARSER: &str = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-for fam in text_string_to_metric_families(sys.stdin.read()):
-    for s in fam.samples:
-        print(json.dumps([s.name, s.labels, s.value]))
-"#;
-    let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-        .args(["-c", PARSER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (scripts/install-test-tools.sh installs prometheus_client)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write scrape");
-    let out = child.wait_with_output().expect("parser");
-    assert!(
-        out.status.success(),
-        "prometheus_client refused the scrape: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let (name, labels, value): (String, BTreeMap<String, String>, f64) =
-                serde_json::from_str(l).expect("parser line");
-            (name, labels, value)
-        })
-        .collect()
 }
 
 /// SIGTERM, then the exit status (panics after `within`).

@@ -70,6 +70,22 @@ fn committed_partitions(bootstrap: &str, group: &str, topic: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Writes the tests' configuration (the embedded default, this broker, the
+/// input topic, group `group`) plus `extra` TOML to `dir`/smsvoice.toml.
+fn write_config(dir: &Path, bootstrap: &str, group: &str, extra: &str) -> PathBuf {
+    let cfg = dir.join("smsvoice.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{EMBEDDED_DEFAULT}\n[kafka]\nbootstrap_servers = {bootstrap:?}\ngroup_id = {group:?}\n\
+             partitions = {PARTITIONS}\ncommit_interval_ms = 500\nshutdown_grace_ms = 20000\n\
+             [kafka.input_topics]\nevents = [{INPUT:?}]\ninbound = [{INPUT:?}]\n{extra}"
+        ),
+    )
+    .expect("config");
+    cfg
+}
+
 fn start(config: &Path, name: &str, dir: &Path) -> (Child, PathBuf) {
     start_with(config, name, dir, &[])
 }
@@ -131,16 +147,7 @@ fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
     let bootstrap = broker.bootstrap.clone();
     support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("smsvoice.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{EMBEDDED_DEFAULT}\n[kafka]\nbootstrap_servers = {bootstrap:?}\ngroup_id = \"restore\"\n\
-             partitions = {PARTITIONS}\ncommit_interval_ms = 500\nshutdown_grace_ms = 20000\n\
-             [kafka.input_topics]\nevents = [{INPUT:?}]\ninbound = [{INPUT:?}]\n"
-        ),
-    )
-    .expect("config");
+    let cfg = write_config(dir.path(), &bootstrap, "restore", "");
     let g = generate(&Workload {
         seed: 515,
         messages: 8_000,
@@ -307,17 +314,12 @@ fn a_restore_longer_than_the_poll_interval_keeps_the_member_in_the_group() {
     let bootstrap = broker.bootstrap.clone();
     support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("smsvoice.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{EMBEDDED_DEFAULT}\n[kafka]\nbootstrap_servers = {bootstrap:?}\ngroup_id = \"slow\"\n\
-             partitions = {PARTITIONS}\ncommit_interval_ms = 500\nshutdown_grace_ms = 20000\n\
-             [kafka.input_topics]\nevents = [{INPUT:?}]\ninbound = [{INPUT:?}]\n\
-             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"6000\"\n"
-        ),
-    )
-    .expect("config");
+    let cfg = write_config(
+        dir.path(),
+        &bootstrap,
+        "slow",
+        "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"6000\"\n",
+    );
     let g = generate(&Workload {
         seed: 616,
         messages: 1_000,

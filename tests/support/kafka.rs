@@ -672,13 +672,7 @@ pub fn consume_to_end(bootstrap: &str, topic: &str, read_committed: bool) -> Vec
         // Not created yet: nothing in it.
         return Vec::new();
     };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
-    }
-    c.assign(&tpl)
-        .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
+    assign_from_start(&c, topic, partitions);
     let mut at_end = vec![false; partitions as usize];
     let mut out: Vec<Consumed> = Vec::new();
     while at_end.iter().any(|e| !e) {
@@ -726,6 +720,17 @@ fn consumed(m: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
     )
 }
 
+/// Assigns every partition of `topic` to `c`, from the beginning.
+fn assign_from_start(c: &BaseConsumer, topic: &str, partitions: i32) {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
+    }
+    c.assign(&tpl)
+        .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
+}
+
 /// The partition count of `topic`, waiting up to `timeout` from `start` for
 /// it to exist (`None`: it does not).
 fn partitions_of(c: &BaseConsumer, topic: &str, start: Instant, timeout: Duration) -> Option<i32> {
@@ -771,13 +776,7 @@ pub fn consume_all(
         .unwrap_or_else(|e| panic!("consumer: {e}"));
     let partitions = partitions_of(&c, topic, start, timeout)
         .unwrap_or_else(|| panic!("topic {topic} has no partitions"));
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
-    }
-    c.assign(&tpl)
-        .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
+    assign_from_start(&c, topic, partitions);
     let mut out: Vec<Consumed> = Vec::with_capacity(expected_count.min(1 << 16));
     let mut last = Instant::now();
     while start.elapsed() < timeout {

@@ -1,5 +1,6 @@
 //! Shared helpers of the integration tests.
 pub mod duckdb;
+pub mod http;
 pub mod kafka;
 pub mod outage_proxy;
 pub mod outputs;
