@@ -12,10 +12,11 @@
 //! * **Assignment** (cooperative rebalancing): a newly assigned partition is
 //!   handed to [`Logic::assign`] with its committed offset before any of its
 //!   records is processed, so the stage rebuilds that partition's state from
-//!   Kafka. The restore runs on a thread of its own while the loop's
-//!   thread polls the consumer with every partition paused
+//!   Kafka. At least once, the restore runs on a thread of its own while
+//!   the loop's thread polls the consumer with every partition paused
 //!   ([`super::paused_poll`]), so a long restore never drops the member from
-//!   the group; nothing is processed until it ends. A revoked partition is dropped from the offsets to commit and
+//!   the group; nothing is processed until it ends. Exactly once, it runs
+//!   inside the loop (unpolled, so bounded by `max.poll.interval.ms`). A revoked partition is dropped from the offsets to commit and
 //!   from the logic: its new owner re-reads
 //!   it from the last commit. In a transaction, a revocation aborts the
 //!   transaction and **rewinds** every partition still owned to its
@@ -639,7 +640,18 @@ fn handle_events<L: Logic>(
                 // Not ready while restoring (`/readyz`).
                 let _restoring = Restoring::new(shared, parts.len());
                 let committed = committed_offsets(shared, logic.name(), consumer, &parts)?;
-                restore_polling(shared, logic, consumer, s, committed)?;
+                if logic.transactional(shared) {
+                    // Exactly once: restored inside the loop, unpolled (so
+                    // bounded by `max.poll.interval.ms`), as before; polling
+                    // through a restore with a transaction open is not yet
+                    // proven (see the design doc, "Time").
+                    debug_restore_delay();
+                    for c in committed {
+                        take_retrying(shared, logic, s, c)?;
+                    }
+                } else {
+                    restore_polling(shared, logic, consumer, s, committed)?;
+                }
                 tracing::info!(stage = logic.name(), partitions = ?parts, "partitions assigned");
             }
         }
