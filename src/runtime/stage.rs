@@ -640,7 +640,7 @@ fn handle_events<L: Logic>(
                 // Not ready while restoring (`/readyz`).
                 let _restoring = Restoring::new(shared, parts.len());
                 let committed = committed_offsets(shared, logic.name(), consumer, &parts)?;
-                if logic.transactional(shared) {
+                if shared.kafka.exactly_once {
                     // Exactly once: restored inside the loop, unpolled (so
                     // bounded by `max.poll.interval.ms`), as before; polling
                     // through a restore with a transaction open is not yet
