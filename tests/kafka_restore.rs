@@ -305,19 +305,35 @@ fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
 /// interval of 6 s: a loop that did not poll would be evicted, rejoin, be
 /// assigned again and restore again (one more "partitions assigned" line
 /// per stage each time), and librdkafka would log the exceeded interval.
+/// At least once.
 #[test]
 fn a_restore_longer_than_the_poll_interval_keeps_the_member_in_the_group() {
     if !kafka_or_skip("a long restore keeps polling") {
         return;
     }
+    long_restore(false);
+}
+
+/// [`a_restore_longer_than_the_poll_interval_keeps_the_member_in_the_group`]
+/// exactly once: every stage transactional, spend read `read_committed`.
+#[test]
+fn exactly_once_a_restore_longer_than_the_poll_interval_keeps_the_member_in_the_group() {
+    if !kafka_or_skip("a long exactly-once restore keeps polling") {
+        return;
+    }
+    long_restore(true);
+}
+
+fn long_restore(exactly_once: bool) {
     let broker = KafkaBroker::start();
     let bootstrap = broker.bootstrap.clone();
     support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
     let dir = tempfile::tempdir().expect("tempdir");
+    let group = if exactly_once { "slow-eos" } else { "slow" };
     let cfg = write_config(
         dir.path(),
         &bootstrap,
-        "slow",
+        group,
         "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"6000\"\n",
     );
     let g = generate(&Workload {
@@ -331,14 +347,20 @@ fn a_restore_longer_than_the_poll_interval_keeps_the_member_in_the_group() {
     produce_all(&bootstrap, INPUT, PARTITIONS, &records);
     let (mut c, log) = start_with(
         &cfg,
-        "slow",
+        group,
         dir.path(),
-        &[("DEBUG_SMSVOICE_RESTORE_DELAY_MS", "15000")],
+        &[
+            ("DEBUG_SMSVOICE_RESTORE_DELAY_MS", "15000"),
+            (
+                "SMSVOICE_KAFKA__EXACTLY_ONCE",
+                if exactly_once { "true" } else { "false" },
+            ),
+        ],
     );
     wait_until(
         Duration::from_secs(240),
         || {
-            let got = spend_of(&read(&bootstrap, "smsvoice.spend"));
+            let got = spend_of(&consume_to_end(&bootstrap, "smsvoice.spend", exactly_once));
             (got != want).then(|| format!("spend {got:?}\nwant {want:?}"))
         },
         &log,

@@ -1062,7 +1062,7 @@ impl Sink<'_> {
             let got = consumer
                 .committed_offsets(tpl.clone(), CALL_TIMEOUT)
                 .map_err(|e| kafka("read committed offsets", e))?;
-            super::commit::answered(&got)?;
+            super::takeover::answered(&got)?;
             Ok(got)
         })?;
         for e in committed.elements() {

@@ -1,6 +1,6 @@
-//! The commit protocol of a stage: what a commit point does, how a partition
-//! is taken over (restored from its committed position) and how the work
-//! since the last commit is rewound.
+//! The commit protocol of a stage: what a commit point does and how the work
+//! since the last commit is rewound (taking a partition over, its state
+//! restored from its committed position, is [`super::takeover`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -14,124 +14,13 @@ use super::paused_poll::PausedPoll;
 use super::produce::{send, DeliveryContext, EPOCHS};
 use super::retry::in_place;
 use super::stage::{kafka, Logic, LoopState, PendingCommit, StageContext, CALL_TIMEOUT};
+use super::takeover::{committed_offsets, restore_all};
 use super::{RuntimeError, Shared};
 use crate::kafka::ClientError;
 
 /// How many times a stage rewinds after an abortable error without a commit
 /// in between before it restarts instead.
 pub const MAX_REWINDS: u32 = 5;
-
-/// A partition's committed position: the next offset to read (`None`:
-/// nothing committed).
-#[derive(Clone, Debug)]
-pub(super) struct Committed {
-    pub(super) topic: String,
-    pub(super) partition: i32,
-    pub(super) offset: Option<i64>,
-}
-
-/// The committed position of each of `parts` (retried in place).
-pub(super) fn committed_offsets(
-    shared: &Shared,
-    stage: &str,
-    consumer: &BaseConsumer<StageContext>,
-    parts: &[(String, i32)],
-) -> Result<Vec<Committed>, RuntimeError> {
-    let mut tpl = TopicPartitionList::new();
-    for (t, p) in parts {
-        tpl.add_partition(t, *p);
-    }
-    let committed = in_place(shared, stage, "read committed offsets", || {
-        let got = consumer
-            .committed_offsets(tpl.clone(), CALL_TIMEOUT)
-            .map_err(|e| kafka("read committed offsets", e))?;
-        answered(&got)?;
-        Ok(got)
-    })?;
-    Ok(committed
-        .elements()
-        .iter()
-        .map(|e| {
-            let offset = match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            };
-            Committed {
-                topic: e.topic().to_owned(),
-                partition: e.partition(),
-                offset,
-            }
-        })
-        .collect())
-}
-
-/// Checks every partition of a committed-offsets answer: a partition the
-/// broker answered with an error (an offset commit of a transaction still
-/// pending: UNSTABLE_OFFSET_COMMIT; a coordinator moving) has no offset in
-/// the answer, and must never be read as "nothing committed", which would
-/// restore it empty and reread it from the start. The caller retries.
-pub(super) fn answered(got: &TopicPartitionList) -> Result<(), RuntimeError> {
-    for e in got.elements() {
-        e.error().map_err(|err| {
-            kafka(
-                &format!("read committed offset of {} [{}]", e.topic(), e.partition()),
-                err,
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// Takes ownership of a partition whose next offset is `c.offset`: the
-/// stage restores its state, the loop expects that offset next.
-pub(super) fn take<L: Logic>(
-    shared: &Shared,
-    logic: &mut L,
-    s: &mut LoopState,
-    c: Committed,
-) -> Result<(), RuntimeError> {
-    let Committed {
-        topic,
-        partition,
-        offset: committed,
-    } = c;
-    let started = Instant::now();
-    logic.assign(shared, &topic, partition, committed)?;
-    super::observe::restore(logic.name(), started.elapsed());
-    let key = (topic, partition);
-    s.gaps.remove(&key);
-    s.last_expected.remove(&key);
-    match committed {
-        Some(o) => {
-            s.expected.insert(key.clone(), o);
-        }
-        None => {
-            s.expected.remove(&key);
-        }
-    };
-    s.owned.insert(key, committed);
-    Ok(())
-}
-
-/// [`take`], retried in place: a retry starts the partition's restore
-/// afresh (what a failed try left is dropped first), the other partitions
-/// keep their state.
-pub(super) fn take_retrying<L: Logic>(
-    shared: &Shared,
-    logic: &mut L,
-    s: &mut LoopState,
-    c: Committed,
-) -> Result<(), RuntimeError> {
-    let stage = logic.name();
-    let mut first = true;
-    in_place(shared, stage, "restore partition", || {
-        if !first {
-            logic.revoke(&c.topic, c.partition);
-        }
-        first = false;
-        take(shared, logic, s, c.clone())
-    })
-}
 
 /// Aborts the open transaction (if any) and rewinds every owned partition to
 /// its last commit, rebuilding its state.
@@ -173,9 +62,10 @@ pub(super) fn rewind<L: Logic>(
         .map_err(|e| kafka("seek", e))?;
         logic.revoke(&c.topic, c.partition);
     }
-    for c in committed {
-        take_retrying(shared, logic, s, c)?;
-    }
+    // No transaction is open (aborted above): the restore may poll.
+    restore_all(shared, logic, consumer, s, committed)?;
+    // A partition revoked while the restore polled cannot be sought (its
+    // revocation is handled next): only the call's own failure counts.
     consumer
         .seek_partitions(seek, CALL_TIMEOUT)
         .map_err(|e| kafka("seek", e))?;

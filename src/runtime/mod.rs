@@ -49,6 +49,7 @@ pub mod restore;
 pub mod retry;
 pub mod router;
 pub mod stage;
+pub mod takeover;
 pub mod totals;
 pub mod view;
 

@@ -12,16 +12,16 @@
 //! * **Assignment** (cooperative rebalancing): a newly assigned partition is
 //!   handed to [`Logic::assign`] with its committed offset before any of its
 //!   records is processed, so the stage rebuilds that partition's state from
-//!   Kafka. At least once, the restore runs on a thread of its own while
-//!   the loop's thread polls the consumer with every partition paused
-//!   ([`super::paused_poll`]), so a long restore never drops the member from
-//!   the group; nothing is processed until it ends. Exactly once, it runs
-//!   inside the loop (unpolled, so bounded by `max.poll.interval.ms`). A revoked partition is dropped from the offsets to commit and
-//!   from the logic: its new owner re-reads
-//!   it from the last commit. In a transaction, a revocation aborts the
-//!   transaction and **rewinds** every partition still owned to its
-//!   committed offset (state rebuilt), so no transaction ever commits
-//!   offsets of a partition this instance no longer owns.
+//!   Kafka. The restore runs on a thread of its own while the loop's thread
+//!   polls the consumer with every partition paused ([`super::takeover`]),
+//!   so a long restore never drops the member from the group; nothing is
+//!   processed until it ends, and an open transaction is committed before
+//!   it starts. A revoked partition is dropped from the offsets to commit
+//!   and from the logic: its new owner re-reads it from the last commit. In
+//!   a transaction, a revocation aborts the transaction and **rewinds**
+//!   every partition still owned to its committed offset (state rebuilt, the
+//!   same polling restore), so no transaction ever commits offsets of a
+//!   partition this instance no longer owns.
 //! * **Errors**, by class ([`RuntimeError::class`]): bad input never reaches
 //!   here as an error (the logic turns it into dead letters).
 //!   - *Retryable* (broker unavailable, timeouts, throttling): the
@@ -66,15 +66,13 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::commit::{
-    commit, committed_offsets, confirm, drain, rewind, take_retrying, Committed, Wait, MAX_REWINDS,
-};
+use super::commit::{commit, confirm, drain, rewind, Wait, MAX_REWINDS};
 use super::formats::FORMAT_HEADER;
 use super::gaps::{in_sequence, probe_stalls, GapProbe};
-use super::paused_poll::PausedPoll;
 use super::produce::{send, DeliveryContext};
 use super::records::OutRecord;
 use super::retry::{self, in_place};
+use super::takeover::{committed_offsets, restore_all, Restoring};
 use super::{RuntimeError, Shared};
 use crate::kafka::client::{ClientWatch, ErrorClass};
 use crate::kafka::{consumer_config, producer_config, ClientError};
@@ -639,122 +637,30 @@ fn handle_events<L: Logic>(
             Event::Assigned(parts) => {
                 // Not ready while restoring (`/readyz`).
                 let _restoring = Restoring::new(shared, parts.len());
-                let committed = committed_offsets(shared, logic.name(), consumer, &parts)?;
-                if shared.kafka.exactly_once {
-                    // Exactly once: restored inside the loop, unpolled (so
-                    // bounded by `max.poll.interval.ms`), as before; polling
-                    // through a restore with a transaction open is not yet
-                    // proven (see the design doc, "Time").
-                    debug_restore_delay();
-                    for c in committed {
-                        take_retrying(shared, logic, s, c)?;
+                if s.in_txn && !parts.is_empty() {
+                    // No transaction stays open across a restore (see
+                    // `takeover`): the work so far, all of partitions still
+                    // owned, is committed first, or else rewound.
+                    if let Err(e) = commit(shared, logic, consumer, producer, s, false) {
+                        if e.class() != ErrorClass::Abort || s.rewinds >= MAX_REWINDS {
+                            return Err(e);
+                        }
+                        tracing::warn!(
+                            stage = logic.name(),
+                            error = %e,
+                            "aborting the work since the last commit before a restore"
+                        );
+                        s.rewinds += 1;
+                        rewind(shared, logic, consumer, producer, s)?;
                     }
-                } else {
-                    restore_polling(shared, logic, consumer, s, committed)?;
                 }
+                let committed = committed_offsets(shared, logic.name(), consumer, &parts)?;
+                restore_all(shared, logic, consumer, s, committed)?;
                 tracing::info!(stage = logic.name(), partitions = ?parts, "partitions assigned");
             }
         }
     }
     Ok(())
-}
-
-/// Restores the partitions of `committed` ([`take_retrying`], one after the
-/// other) on a thread of its own while this thread polls the consumer with
-/// every partition paused ([`PausedPoll`]): however long a restore takes,
-/// the member stays in the group (`max.poll.interval.ms`), rebalance
-/// callbacks run (their events are handled after it, in order) and consumer
-/// errors are seen. Nothing is processed meanwhile: the loop's state belongs
-/// to the restore until it ends.
-fn restore_polling<L: Logic>(
-    shared: &Shared,
-    logic: &mut L,
-    consumer: &BaseConsumer<StageContext>,
-    s: &mut LoopState,
-    committed: Vec<Committed>,
-) -> Result<(), RuntimeError> {
-    if committed.is_empty() {
-        return Ok(());
-    }
-    let name = logic.name();
-    let mut wait = PausedPoll::restore();
-    let (restored, waited) = std::thread::scope(|scope| {
-        let thread = std::thread::Builder::new()
-            .name(format!("{name}-restore"))
-            .spawn_scoped(scope, move || {
-                debug_restore_delay();
-                for c in committed {
-                    take_retrying(shared, logic, s, c)?;
-                }
-                Ok::<(), RuntimeError>(())
-            });
-        let thread = match thread {
-            Ok(t) => t,
-            Err(e) => {
-                let e = RuntimeError::Stage(name, format!("cannot start the restore thread: {e}"));
-                return (Err(e), Ok(()));
-            }
-        };
-        let mut waited = Ok(());
-        while !thread.is_finished() {
-            if waited.is_ok() {
-                waited = wait.tick(shared, consumer);
-            } else {
-                // The wait ended with an error: the restore is let finish
-                // (it stops on a fatal error or a stop too), unpolled.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let restored = thread.join().unwrap_or_else(|_| {
-            Err(RuntimeError::Stage(
-                name,
-                "the restore thread panicked".into(),
-            ))
-        });
-        (restored, waited)
-    });
-    wait.finish(consumer);
-    restored.and(waited)
-}
-
-/// Debug builds only (the binary the integration tests run): sleeps
-/// `DEBUG_SMSVOICE_RESTORE_DELAY_MS` before each restore, so a test can make
-/// a restore outlast `max.poll.interval.ms` (tests/kafka_restore.rs).
-fn debug_restore_delay() {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var("DEBUG_SMSVOICE_RESTORE_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        std::thread::sleep(Duration::from_millis(ms));
-    }
-}
-
-/// Counts partitions being restored in [`super::Metrics::restoring`] for as
-/// long as it lives (an error leaving the restore early included).
-struct Restoring<'a> {
-    shared: &'a Shared,
-    n: u64,
-}
-
-impl<'a> Restoring<'a> {
-    fn new(shared: &'a Shared, n: usize) -> Restoring<'a> {
-        let n = n as u64;
-        shared
-            .metrics
-            .restoring
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        Restoring { shared, n }
-    }
-}
-
-impl Drop for Restoring<'_> {
-    fn drop(&mut self) {
-        self.shared
-            .metrics
-            .restoring
-            .fetch_sub(self.n, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// This process's instance id for transactional ids: `HOSTNAME` (the pod
