@@ -31,13 +31,13 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use smsvoice::config::EMBEDDED_DEFAULT;
 use smsvoice::generate::{generate, Workload};
 
-use support::http::{get_text, http_base, parse_metrics};
+use support::http::{parse_metrics, Instance};
 use support::kafka::{kafka_or_skip, produce_all, KafkaBroker};
 
 const RULES: &str = "helm/smsvoice-pipeline/files/prometheus-rules.yaml";
@@ -712,64 +712,9 @@ fn the_name_check_finds_names_and_reports_wrong_ones() {
 
 // ------------------------------------------------------------- the service
 
-struct Instance {
-    child: Child,
-    log: PathBuf,
-    base: String,
-}
-
-impl Instance {
-    fn start(config: &Path, dir: &Path) -> Instance {
-        let log = dir.join("instance.log");
-        let f = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_smsvoice"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("SMSVOICE_HTTP__LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "smsvoice=info")
-            .env("SMSVOICE_INSTANCE_ID", "metrics")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().expect("log handle"))
-            .stderr(f)
-            .spawn()
-            .expect("start smsvoice run");
-        let mut i = Instance {
-            child,
-            log,
-            base: String::new(),
-        };
-        let start = Instant::now();
-        i.base = loop {
-            let text = i.log_text();
-            if let Some(base) = http_base(&text) {
-                break base;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(90),
-                "no listening line after 90 s\n{text}"
-            );
-            if let Ok(Some(st)) = i.child.try_wait() {
-                panic!("smsvoice run exited ({st})\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        i
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn scrape(&self) -> String {
-        get_text(&self.base, "/metrics", &self.log_text())
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The instance's `/metrics` scrape.
+fn scrape(i: &Instance) -> String {
+    i.text("/metrics")
 }
 
 fn sum_of(samples: &[(String, BTreeMap<String, String>, f64)], name: &str) -> f64 {
@@ -839,7 +784,7 @@ fn every_metric_the_rules_and_the_dashboard_use_is_exported() {
     assert!(g.truth.malformed > 0, "the stream has malformed records");
     let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
         g.records.iter().map(|r| (None, r.clone())).collect();
-    let instance = Instance::start(&cfg, dir.path());
+    let instance = Instance::start(&cfg, "metrics", dir.path(), &[]);
     produce_all(&bootstrap, INPUT, PARTITIONS, &records);
 
     // Wait until every histogram has been observed, dead letters were
@@ -847,7 +792,7 @@ fn every_metric_the_rules_and_the_dashboard_use_is_exported() {
     // channel's spend.
     let start = Instant::now();
     let (scrape, samples) = loop {
-        let scrape = instance.scrape();
+        let scrape = scrape(&instance);
         let samples = parse_metrics(&scrape);
         let mut missing = Vec::new();
         for n in [

@@ -19,14 +19,14 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use smsvoice::config::EMBEDDED_DEFAULT;
 use smsvoice::generate::{generate, Workload};
 
-use support::http::{get_text, http_base, parse_metrics};
+use support::http::{parse_metrics, Instance};
 use support::kafka::{consume_to_end, kafka_or_skip, produce_all, KafkaBroker};
 use support::outputs::{expected_spend, latest, spend_of};
 
@@ -35,48 +35,7 @@ const PARTITIONS: i32 = 3;
 const TOKEN: &str = "test-token-0123456789abcdef";
 const FRESH: &str = "+14255559999";
 
-struct Instance {
-    child: Child,
-    log: PathBuf,
-    base: String,
-}
-
 impl Instance {
-    fn start(config: &Path, name: &str, dir: &Path, token_file: Option<&Path>) -> Instance {
-        let log = dir.join(format!("{name}.log"));
-        let f = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_smsvoice"));
-        cmd.args(["run", "--config"])
-            .arg(config)
-            .env("SMSVOICE_HTTP__LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "smsvoice=info")
-            .env("SMSVOICE_INSTANCE_ID", name)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().expect("log handle"))
-            .stderr(f);
-        if let Some(t) = token_file {
-            cmd.env("SMSVOICE_HTTP__TOKEN_FILE", t);
-        }
-        let child = cmd.spawn().expect("start smsvoice run");
-        let start = Instant::now();
-        let base = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(base) = http_base(&text) {
-                break base;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(90),
-                "{name}: no listening line after 90 s\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        Instance { child, log, base }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     /// `method path` with an optional bearer token: status and JSON body
     /// (`Value::Null` when the body is not JSON).
     fn call(&self, method: &str, path: &str, auth: Option<&str>) -> (u16, serde_json::Value) {
@@ -95,17 +54,15 @@ impl Instance {
             serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
         )
     }
-
-    fn text(&self, path: &str) -> String {
-        get_text(&self.base, path, &self.log_text())
-    }
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts instance `name`, with the API token file if given.
+fn start(config: &Path, name: &str, dir: &Path, token_file: Option<&Path>) -> Instance {
+    let env: Vec<(&str, &std::ffi::OsStr)> = token_file
+        .map(|t| ("SMSVOICE_HTTP__TOKEN_FILE", t.as_os_str()))
+        .into_iter()
+        .collect();
+    Instance::start(config, name, dir, &env)
 }
 
 fn wait_until(timeout: Duration, mut check: impl FnMut() -> Option<String>, logs: &[&Instance]) {
@@ -194,8 +151,8 @@ fn http_api_against_a_real_broker() {
     let want = expected_spend(&g);
     let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
         g.records.iter().map(|r| (None, r.clone())).collect();
-    let a = Instance::start(&cfg, "a", dir.path(), Some(&token_file));
-    let b = Instance::start(&cfg, "b", dir.path(), None);
+    let a = start(&cfg, "a", dir.path(), Some(&token_file));
+    let b = start(&cfg, "b", dir.path(), None);
     produce_all(&bootstrap, INPUT, PARTITIONS, &records);
     wait_until(
         Duration::from_secs(240),

@@ -69,3 +69,78 @@ pub fn get_text(base: &str, path: &str, log: &str) -> String {
         .into_string()
         .expect("body")
 }
+
+/// A `smsvoice run` child process serving HTTP on a loopback port of its
+/// choosing, its log in `<dir>/<name>.log`; killed when dropped.
+pub struct Instance {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+    /// `http://<addr>` it listens on.
+    pub base: String,
+}
+
+impl Instance {
+    /// Starts `smsvoice run --config <config>` as instance `name` (its
+    /// `SMSVOICE_INSTANCE_ID`) with `env` added, and waits (90 s at most)
+    /// for its listening line; panics if it exits first.
+    pub fn start(
+        config: &std::path::Path,
+        name: &str,
+        dir: &std::path::Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Instance {
+        use std::time::{Duration, Instant};
+        let log = dir.join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_smsvoice"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("SMSVOICE_HTTP__LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "smsvoice=info")
+            .env("SMSVOICE_INSTANCE_ID", name)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("log handle"))
+            .stderr(f)
+            .spawn()
+            .expect("start smsvoice run");
+        let mut i = Instance {
+            child,
+            log,
+            base: String::new(),
+        };
+        let start = Instant::now();
+        i.base = loop {
+            let text = i.log_text();
+            if let Some(base) = http_base(&text) {
+                break base;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "{name}: no listening line after 90 s\n{text}"
+            );
+            if let Ok(Some(st)) = i.child.try_wait() {
+                panic!("{name}: smsvoice run exited ({st})\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        i
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The body of `GET <path>`.
+    pub fn text(&self, path: &str) -> String {
+        get_text(&self.base, path, &self.log_text())
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
