@@ -297,7 +297,11 @@ fn kubernetes_validate(t: &Tools, yaml: &str) {
             "no schema for a kind that should have one: {line}"
         );
     }
-    assert!(all.contains("passed for resource deployment/"), "{all}");
+    assert!(
+        all.contains("passed for resource deployment/")
+            || all.contains("passed for resource statefulset/"),
+        "the workload validated: {all}"
+    );
 }
 
 fn kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -422,9 +426,19 @@ fn config_toml(docs: &[Value]) -> String {
     str_of(&cms[0]["data"]["config.toml"], "config.toml").to_owned()
 }
 
-/// The Deployment's pod spec and its smsvoice container.
+/// The workload: the one Deployment or StatefulSet (`workload`).
+fn workload(docs: &[Value]) -> &Value {
+    let found: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+        .collect();
+    assert_eq!(found.len(), 1, "one Deployment or StatefulSet");
+    found[0]
+}
+
+/// The workload's pod spec and its smsvoice container.
 fn pod(docs: &[Value]) -> (&Value, &Value) {
-    let spec = &one(docs, "Deployment")["spec"]["template"]["spec"];
+    let spec = &workload(docs)["spec"]["template"]["spec"];
     let containers = spec["containers"].as_array().expect("containers");
     assert_eq!(containers.len(), 1, "one container");
     (spec, &containers[0])
@@ -526,7 +540,7 @@ fn check_pod(docs: &[Value], vals: &Value, expect: &Expect) {
         .parse()
         .unwrap_or_else(|e| panic!("{e}:\n{effective}"));
     let (spec, c) = pod(docs);
-    let deployment = one(docs, "Deployment");
+    let deployment = workload(docs);
     assert_eq!(deployment["spec"]["replicas"], vals["replicas"]);
     assert_eq!(
         c["args"],
@@ -776,7 +790,7 @@ fn production_values() {
         &[&prod],
         &Expect {
             kinds: &[
-                "Deployment",
+                "StatefulSet",
                 "ConfigMap",
                 "Service",
                 "ServiceAccount",
@@ -788,7 +802,22 @@ fn production_values() {
         },
     );
     let (spec, _) = pod(&docs);
-    assert_eq!(one(&docs, "Deployment")["spec"]["replicas"], 3);
+    // Exactly once on a StatefulSet: stable pod names, so stable
+    // transactional ids; the pod name is the instance id.
+    let set = one(&docs, "StatefulSet");
+    assert_eq!(set["spec"]["replicas"], 3);
+    assert_eq!(set["spec"]["podManagementPolicy"], "Parallel");
+    assert_eq!(
+        set["spec"]["serviceName"],
+        one(&docs, "Service")["metadata"]["name"]
+    );
+    assert!(set["spec"].get("strategy").is_none(), "{set}");
+    let (_, c) = pod(&docs);
+    let id = c["env"]
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == "SMSVOICE_INSTANCE_ID"))
+        .expect("SMSVOICE_INSTANCE_ID");
+    assert_eq!(id["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
     assert!(spec["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"].is_object());
     assert!(
         kind(&docs, "ConfigMap")
@@ -952,6 +981,7 @@ fn render_refuses_unusable_values() {
         ("config.http.listen=127.0.0.1:9464", "loopback"),
         ("config.http.listen=", "empty"),
         ("config.archive.uri=archive", "absolute path"),
+        ("workload=DaemonSet", "Deployment or StatefulSet"),
     ] {
         let err = render(&t, &[], &[set]).expect_err(set);
         assert!(err.contains(says), "--set {set}: {err}");
@@ -979,7 +1009,7 @@ fn config_change_rolls_pods() {
     };
     let checksum = |sets: &[&str]| {
         let docs = yaml_docs(&render(&t, &[], sets).expect("renders"));
-        one(&docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        workload(&docs)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
             .clone()
     };
     assert_eq!(checksum(&[]), checksum(&[]));
