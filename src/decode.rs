@@ -124,14 +124,7 @@ pub fn decode_record_with<'a>(
     arrival_ms: Option<i64>,
     out: &mut Vec<Decoded<'a>>,
 ) {
-    let mut d = Decoder {
-        record: bytes,
-        src,
-        sub: 0,
-        out,
-        limits,
-        bound: TimeBound::new(limits, arrival_ms),
-    };
+    let mut d = Decoder::new(bytes, src, limits, arrival_ms, out);
     if bytes.len() > limits.max_record_bytes {
         // Keep a bounded prefix (cut at a UTF-8 boundary when the record is
         // text): a dead letter as large as the record could not be written
@@ -296,6 +289,26 @@ struct Decoder<'a, 'o> {
     out: &'o mut Vec<Decoded<'a>>,
     limits: &'o Limits,
     bound: TimeBound,
+}
+
+impl<'a, 'o> Decoder<'a, 'o> {
+    /// A decoder of record `bytes` from `src`, appending to `out`.
+    fn new(
+        bytes: &'a [u8],
+        src: &'o RecordSource,
+        limits: &'o Limits,
+        arrival_ms: Option<i64>,
+        out: &'o mut Vec<Decoded<'a>>,
+    ) -> Self {
+        Decoder {
+            record: bytes,
+            src,
+            sub: 0,
+            out,
+            limits,
+            bound: TimeBound::new(limits, arrival_ms),
+        }
+    }
 }
 
 /// Keys that pick the payload kind or envelope: presence only (even `null`

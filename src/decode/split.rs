@@ -94,14 +94,7 @@ pub(crate) fn decode_scanned_record<'a>(
     if bytes.len() > limits.max_record_bytes || scanned.0.end != bytes.len() {
         return decode_record_with(bytes, src, limits, arrival_ms, out);
     }
-    let mut d = Decoder {
-        record: bytes,
-        src,
-        sub: 0,
-        out,
-        limits,
-        bound: TimeBound::new(limits, arrival_ms),
-    };
+    let mut d = Decoder::new(bytes, src, limits, arrival_ms, out);
     // What `split_and_decode` does for a record that is one scanned object.
     let mut ctx = Ctx::top(src.timestamp_ms);
     ctx.top = Some(0..bytes.len());
