@@ -1009,8 +1009,7 @@ fn config_change_rolls_pods() {
     };
     let checksum = |sets: &[&str]| {
         let docs = yaml_docs(&render(&t, &[], sets).expect("renders"));
-        workload(&docs)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-            .clone()
+        workload(&docs)["spec"]["template"]["metadata"]["annotations"]["checksum/config"].clone()
     };
     assert_eq!(checksum(&[]), checksum(&[]));
     assert_ne!(checksum(&[]), checksum(&["config.kafka.partitions=12"]));
