@@ -86,12 +86,36 @@ fn write_config(dir: &Path, bootstrap: &str, group: &str, extra: &str) -> PathBu
     cfg
 }
 
-fn start(config: &Path, name: &str, dir: &Path) -> (Child, PathBuf) {
+fn start(config: &Path, name: &str, dir: &Path) -> (Running, PathBuf) {
     start_with(config, name, dir, &[])
 }
 
 /// [`start`] with more environment variables.
-fn start_with(config: &Path, name: &str, dir: &Path, env: &[(&str, &str)]) -> (Child, PathBuf) {
+/// A `smsvoice run` child, killed when dropped (a failing test leaves no
+/// instance running).
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_with(config: &Path, name: &str, dir: &Path, env: &[(&str, &str)]) -> (Running, PathBuf) {
     let log = dir.join(format!("{name}.log"));
     let f = std::fs::File::create(&log).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_smsvoice"))
@@ -106,7 +130,7 @@ fn start_with(config: &Path, name: &str, dir: &Path, env: &[(&str, &str)]) -> (C
         .stderr(f)
         .spawn()
         .expect("start smsvoice run");
-    (child, log)
+    (Running(child), log)
 }
 
 fn wait_until(timeout: Duration, mut check: impl FnMut() -> Option<String>, log: &Path) {
