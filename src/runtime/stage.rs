@@ -468,21 +468,37 @@ fn drive<L: Logic>(
         match step(shared, logic, consumer, producer, s, &mut out) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
-            Err(e) if e.class() == ErrorClass::Abort && !s.in_events && s.rewinds < MAX_REWINDS => {
-                // The work since the last commit cannot be committed: abort
-                // it and redo it, keeping the clients and the assignment.
-                tracing::warn!(
-                    stage = logic.name(),
-                    error = %e,
-                    "aborting the work since the last commit"
-                );
+            Err(e) if !s.in_events => {
                 out.clear();
-                s.rewinds += 1;
-                rewind(shared, logic, consumer, producer, s)?;
+                rewind_on_abort(shared, logic, consumer, producer, s, e)?;
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// `e` failed the work since the last commit. An abortable error (at most
+/// [`MAX_REWINDS`] times between two commits) aborts that work and redoes it
+/// from the last commit ([`rewind`]), keeping the clients and the
+/// assignment; any other is returned.
+fn rewind_on_abort<L: Logic>(
+    shared: &Shared,
+    logic: &mut L,
+    consumer: &BaseConsumer<StageContext>,
+    producer: &ThreadedProducer<DeliveryContext>,
+    s: &mut LoopState,
+    e: RuntimeError,
+) -> Result<(), RuntimeError> {
+    if e.class() != ErrorClass::Abort || s.rewinds >= MAX_REWINDS {
+        return Err(e);
+    }
+    tracing::warn!(
+        stage = logic.name(),
+        error = %e,
+        "aborting the work since the last commit"
+    );
+    s.rewinds += 1;
+    rewind(shared, logic, consumer, producer, s)
 }
 
 /// One turn of the loop: poll, handle rebalance events, process what was
@@ -642,16 +658,7 @@ fn handle_events<L: Logic>(
                     // `takeover`): the work so far, all of partitions still
                     // owned, is committed first, or else rewound.
                     if let Err(e) = commit(shared, logic, consumer, producer, s, false) {
-                        if e.class() != ErrorClass::Abort || s.rewinds >= MAX_REWINDS {
-                            return Err(e);
-                        }
-                        tracing::warn!(
-                            stage = logic.name(),
-                            error = %e,
-                            "aborting the work since the last commit before a restore"
-                        );
-                        s.rewinds += 1;
-                        rewind(shared, logic, consumer, producer, s)?;
+                        rewind_on_abort(shared, logic, consumer, producer, s, e)?;
                     }
                 }
                 let committed = committed_offsets(shared, logic.name(), consumer, &parts)?;
