@@ -653,6 +653,17 @@ fn handle_events<L: Logic>(
             Event::Assigned(parts) => {
                 // Not ready while restoring (`/readyz`).
                 let _restoring = Restoring::new(shared, parts.len());
+                // A partition paused by a wait (`paused_poll`), revoked
+                // meanwhile and assigned again after the wait resumed what
+                // it paused, may come back paused: a new assignment is
+                // always read.
+                let mut tpl = TopicPartitionList::new();
+                for (t, p) in &parts {
+                    tpl.add_partition(t, *p);
+                }
+                if let Err(e) = consumer.resume(&tpl) {
+                    tracing::debug!(error = %e, "resume assigned partitions");
+                }
                 if s.in_txn && !parts.is_empty() {
                     // No transaction stays open across a restore (see
                     // `takeover`): the work so far, all of partitions still
