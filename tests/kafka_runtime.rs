@@ -1044,11 +1044,38 @@ fn exactly_once_survives_sigkills_and_a_zombie() {
         *ids.entry(record_id(&r.3)).or_default() += 1;
     }
     let repeated: Vec<(&String, &usize)> = ids.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(
-        repeated.is_empty(),
-        "repeated under exactly-once: {repeated:?}\n{}",
-        logs()
-    );
+    if !repeated.is_empty() {
+        // Where each copy is (topic partition and offset: one record read
+        // twice, or two records), and the records of the same message on
+        // the internal topic its owner reads (one per event of the message
+        // unless the router committed one twice).
+        let mut copies = String::new();
+        let by_message = read(&bootstrap, "smsvoice.internal.events-by-message", true);
+        for (id, _) in &repeated {
+            let mut keys = BTreeSet::new();
+            for (topic, rs) in [
+                ("smsvoice.enriched-events", &committed_events),
+                ("smsvoice.enriched-inbound", &committed_inbound),
+            ] {
+                for r in rs.iter().filter(|r| record_id(&r.3) == **id) {
+                    copies += &format!("{id}: {topic} [{}] @{}\n", r.0, r.1);
+                    keys.insert(r.2.clone());
+                }
+            }
+            for r in by_message.iter().filter(|r| keys.contains(&r.2)) {
+                copies += &format!(
+                    "{id}: its message on smsvoice.internal.events-by-message [{}] @{} ({} bytes)\n",
+                    r.0,
+                    r.1,
+                    r.3.len()
+                );
+            }
+        }
+        panic!(
+            "repeated under exactly-once: {repeated:?}\n{copies}{}",
+            logs()
+        );
+    }
     assert_eq!(
         ids.keys().cloned().collect::<BTreeSet<_>>(),
         want.record_ids
