@@ -9,7 +9,9 @@
 //! the changelog's entries as this test reads them, each partition its
 //! share), and spend and the opt-out table must still equal the generator's
 //! truth once the second half and a repeat of the first records are
-//! processed.
+//! processed. Then two tests of rebalances landing in a wait: a restore
+//! that outlasts `max.poll.interval.ms`, and a revocation served inside a
+//! transaction.
 
 mod support;
 
@@ -418,4 +420,153 @@ fn long_restore(exactly_once: bool) {
         .status();
     let st = c.wait().expect("wait");
     assert!(st.success(), "after SIGTERM: {st}");
+}
+
+/// A revocation served by a poll made *inside* a transaction (a wait on a
+/// full producer queue, which polls the consumer paused) must abort that
+/// transaction, not commit it: once librdkafka has given the partition up
+/// and the member has rejoined, the broker accepts its offsets with the new
+/// generation while the partition's new owner already reads it from the
+/// last commit. Instance `a` reads a stream fed continuously; its commit
+/// points are then made to wait first as their sends would on a full queue
+/// (`DEBUG_SMSVOICE_STALL_FILE`, debug builds) while instance `b` joins,
+/// so `a`'s router, which has read every partition since its last commit,
+/// serves the revocation inside such a wait with its transaction open (the
+/// stages downstream of it too, when they have work in flight). Every enriched
+/// record must then be committed exactly once (`read_committed`), spend
+/// must equal the generator's truth, and `a`'s log must show a transaction
+/// aborted for a revocation (else the window was not exercised and the test
+/// proved nothing).
+#[test]
+fn exactly_once_a_revocation_during_a_wait_in_a_transaction_aborts_it() {
+    if !kafka_or_skip("a revocation inside a transaction") {
+        return;
+    }
+    let broker = KafkaBroker::start();
+    let bootstrap = broker.bootstrap.clone();
+    support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let group = "stall-eos";
+    let cfg = write_config(
+        dir.path(),
+        &bootstrap,
+        group,
+        "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n",
+    );
+    let g = generate(&Workload {
+        seed: 717,
+        messages: 2_000,
+        ..Workload::default()
+    });
+    let want = expected_spend(&g);
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
+        g.records.iter().map(|r| (None, r.clone())).collect();
+    let (first, rest) = records.split_at(records.len() / 4);
+    produce_all(&bootstrap, INPUT, PARTITIONS, first);
+    let stall = dir.path().join("stall");
+    let stall_env = stall.to_str().expect("utf-8 path");
+    let eos = ("SMSVOICE_KAFKA__EXACTLY_ONCE", "true");
+    let (mut a, log_a) = start_with(
+        &cfg,
+        "a",
+        dir.path(),
+        &[eos, ("DEBUG_SMSVOICE_STALL_FILE", stall_env)],
+    );
+    let has = |log: &Path, what: &str| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    let routing = "stage=\"router\" partitions=[(\"restore-events\"";
+    wait_until(
+        Duration::from_secs(120),
+        || (!has(&log_a, routing)).then(|| "a's router has no partition yet".to_owned()),
+        &log_a,
+    );
+    // A stream that keeps coming: a's router is always inside a
+    // transaction.
+    let feeder = {
+        let (bootstrap, rest) = (bootstrap.clone(), rest.to_vec());
+        std::thread::spawn(move || {
+            for c in rest.chunks(rest.len() / 40 + 1) {
+                produce_all(&bootstrap, INPUT, PARTITIONS, c);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&stall, b"").expect("stall file");
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut b, log_b) = start_with(&cfg, "b", dir.path(), &[eos]);
+    // b's router takes partitions over: a's router has revoked them, in
+    // the wait (and so have a's other stages, in theirs, if they were
+    // sending).
+    wait_until(
+        Duration::from_secs(25),
+        || (!has(&log_b, routing)).then(|| "b's router has no partition yet".to_owned()),
+        &log_b,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::remove_file(&stall).expect("remove the stall file");
+    feeder.join().expect("feeder");
+    let logs = || {
+        format!(
+            "--- a\n{}\n--- b\n{}",
+            std::fs::read_to_string(&log_a).unwrap_or_default(),
+            std::fs::read_to_string(&log_b).unwrap_or_default()
+        )
+    };
+    let start = Instant::now();
+    let want_ids = g.truth.events + g.truth.inbound;
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    loop {
+        let spend = spend_of(&consume_to_end(&bootstrap, "smsvoice.spend", true));
+        ids.clear();
+        for topic in ["smsvoice.enriched-events", "smsvoice.enriched-inbound"] {
+            for r in consume_to_end(&bootstrap, topic, true) {
+                let id = serde_json::from_slice::<serde_json::Value>(&r.3)
+                    .ok()
+                    .and_then(|j| j["recordId"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| panic!("no recordId in {}", String::from_utf8_lossy(&r.3)));
+                *ids.entry(id).or_default() += 1;
+            }
+        }
+        let repeated: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        assert!(
+            repeated.is_empty(),
+            "committed twice under exactly-once: {repeated:?}\n{}",
+            logs()
+        );
+        if spend == want && ids.len() == want_ids {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "not converged: {} of {want_ids} enriched records; spend {spend:?}\nwant {want:?}\n{}",
+            ids.len(),
+            logs()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let text_a = std::fs::read_to_string(&log_a).unwrap_or_default();
+    let aborted = text_a
+        .lines()
+        .filter(|l| l.contains("revoked with the transaction open"))
+        .count();
+    assert!(
+        aborted > 0,
+        "a aborted no transaction for a revocation: the window was not exercised\n{}",
+        logs()
+    );
+    eprintln!(
+        "{} enriched records, each once; a aborted {aborted} transaction(s) for a revocation",
+        ids.len()
+    );
+    for c in [&mut a, &mut b] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let st = c.wait().expect("wait");
+        assert!(st.success(), "after SIGTERM: {st}\n{}", logs());
+    }
 }

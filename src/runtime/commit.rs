@@ -64,10 +64,25 @@ pub(super) fn rewind<L: Logic>(
     }
     // No transaction is open (aborted above): the restore may poll.
     restore_all(shared, logic, consumer, s, committed)?;
-    // A partition revoked while the restore polled cannot be sought (its
-    // revocation is handled next): only the call's own failure counts.
+    // A partition with a rebalance event not yet handled (revoked, before
+    // this rewind or while the restore polled, and perhaps assigned again)
+    // is not sought: the offset read above may be stale by now (a new
+    // owner may have committed since), and its events are handled next
+    // (a revocation drops it; an assignment restores it from the offset
+    // committed then, where librdkafka starts reading it).
+    let unsettled = consumer.context().queued(false);
+    let mut settled = TopicPartitionList::new();
+    for e in seek.elements() {
+        if !unsettled.contains(&(e.topic().to_owned(), e.partition())) {
+            settled
+                .add_partition_offset(e.topic(), e.partition(), e.offset())
+                .map_err(|e| kafka("seek", e))?;
+        }
+    }
+    // Only the call's own failure counts (a partition revoked meanwhile
+    // and not yet reported cannot be sought, and needs not be).
     consumer
-        .seek_partitions(seek, CALL_TIMEOUT)
+        .seek_partitions(settled, CALL_TIMEOUT)
         .map_err(|e| kafka("seek", e))?;
     tracing::info!(
         stage,
@@ -121,6 +136,9 @@ fn commit_point<L: Logic>(
         }
         return Ok(());
     }
+    if logic.transactional(shared) {
+        super::paused_poll::debug_stall(shared, consumer)?;
+    }
     let mut coalesced = Vec::new();
     logic.before_commit(shared, &mut coalesced);
     for o in coalesced {
@@ -133,6 +151,27 @@ fn commit_point<L: Logic>(
             .map_err(|e| kafka("commit", e))?;
     }
     if logic.transactional(shared) {
+        // A wait since the last poll (a full producer queue, in `send` or
+        // just above) may have polled the consumer through a revocation,
+        // recorded but not yet handled. Once librdkafka has given a
+        // partition up, the member may rejoin with a new generation before
+        // this commit, and the broker would accept offsets of a partition
+        // whose new owner already reads it from the last commit: the
+        // records in between would be committed twice (KIP-447 fences only
+        // a stale generation). So such a transaction is aborted instead.
+        let revoked = consumer.context().queued(true);
+        let given_up: Vec<(String, i32)> = s
+            .next
+            .keys()
+            .filter(|k| revoked.contains(*k))
+            .cloned()
+            .collect();
+        if !given_up.is_empty() {
+            return Err(RuntimeError::RevokedInTransaction {
+                stage,
+                partitions: given_up,
+            });
+        }
         let meta = consumer
             .group_metadata()
             .ok_or_else(|| RuntimeError::Stage(stage, "no group metadata".into()))?;

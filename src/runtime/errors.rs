@@ -33,6 +33,18 @@ pub enum RuntimeError {
     /// `smsvoice run` exits with [`Fatal::exit_code`].
     #[error("fatal: {0}")]
     Fatal(Box<Fatal>),
+    /// Partitions whose records the open transaction holds were revoked
+    /// before its commit point (a wait polled the consumer through a
+    /// rebalance): committing would commit offsets of partitions given up,
+    /// whose new owner reads them from the last commit. `Abort` class: the
+    /// transaction is aborted and the work redone from the last commit.
+    #[error("stage {stage}: partitions {partitions:?} revoked with the transaction open: it is aborted, not committed")]
+    RevokedInTransaction {
+        /// The stage.
+        stage: &'static str,
+        /// The revoked partitions the transaction holds records of.
+        partitions: Vec<(String, i32)>,
+    },
     /// Asked to stop (SIGTERM, SIGINT) before the instance had started:
     /// nothing to commit, a clean exit.
     #[error("stopped during startup")]
@@ -46,11 +58,13 @@ impl RuntimeError {
     /// |---|---|
     /// | Kafka | [`ClientError::class`]: broker unavailable, timeouts, throttling, rebalances `Retryable`; abortable transaction errors and undelivered records `Abort`; authentication, authorization, TLS, a fenced producer, a fatal librdkafka error, an invalid configuration `Fatal`; anything else `Restart` |
     /// | archive | `Retryable` when its store says so (network, timeouts, throttling, 5xx); `Fatal` when the store refuses this process (missing or rejected credentials, access denied, no such bucket) or rows cannot be encoded; else `Restart` |
+    /// | partitions revoked with the transaction open | `Abort` |
     /// | unreadable internal record | `Fatal` |
     /// | configuration, a stage bug, an already fatal error | `Fatal` |
     pub fn class(&self) -> ErrorClass {
         match self {
             RuntimeError::Kafka(e) => e.class(),
+            RuntimeError::RevokedInTransaction { .. } => ErrorClass::Abort,
             RuntimeError::Archive(e) => archive_class(e.is_retryable(), e.is_fatal()),
             RuntimeError::ArchiveOpen { source, .. } => archive_class(
                 source.is_retryable(),
@@ -89,6 +103,7 @@ impl RuntimeError {
             RuntimeError::Fatal(f) => Some((**f).clone()),
             RuntimeError::Config(_)
             | RuntimeError::Stage(..)
+            | RuntimeError::RevokedInTransaction { .. }
             | RuntimeError::StoppedDuringStartup => None,
         }
     }

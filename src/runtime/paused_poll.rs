@@ -53,6 +53,8 @@ pub(super) struct PausedPoll {
     pause_after: Duration,
     paused: Option<TopicPartitionList>,
     reread: BTreeMap<(String, i32), i64>,
+    /// How many rebalance events were queued at the last poll.
+    events_seen: Option<usize>,
     poll_errors: PollErrors,
 }
 
@@ -76,6 +78,7 @@ impl PausedPoll {
             pause_after,
             paused: None,
             reread: BTreeMap::new(),
+            events_seen: None,
             poll_errors: PollErrors::default(),
         }
     }
@@ -117,7 +120,21 @@ impl PausedPoll {
             );
             self.paused = Some(tpl);
         }
-        match consumer.poll(POLL) {
+        let seen = *self
+            .events_seen
+            .get_or_insert_with(|| consumer.context().queued_len());
+        let polled = consumer.poll(POLL);
+        // A record read before a revocation of its partition is not sought
+        // back to: if the partition was assigned again, librdkafka reads it
+        // from the offset committed then (a new owner may have committed
+        // past the record meanwhile), and a record read after that (its
+        // first) is sought back to as usual.
+        let (revoked, now) = consumer.context().revoked_since(seen);
+        self.events_seen = Some(now);
+        for k in &revoked {
+            self.reread.remove(k);
+        }
+        match polled {
             None => {}
             Some(Ok(m)) => {
                 let o = self
@@ -150,4 +167,44 @@ impl PausedPoll {
             }
         }
     }
+}
+
+/// Debug builds only (the binary the integration tests run): while the file
+/// `DEBUG_SMSVOICE_STALL_FILE` names exists (30 s at most), a transactional
+/// commit point first waits as its sends would on a full producer queue
+/// (the consumer paused and polled), so a test can make a rebalance land in
+/// a wait inside a transaction (tests/kafka_restore.rs).
+pub(super) fn debug_stall(
+    shared: &Shared,
+    consumer: &BaseConsumer<StageContext>,
+) -> Result<(), RuntimeError> {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::OnceLock;
+        static STALL: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+        let stall = STALL.get_or_init(|| {
+            std::env::var_os("DEBUG_SMSVOICE_STALL_FILE").map(std::path::PathBuf::from)
+        });
+        let Some(file) = stall else {
+            return Ok(());
+        };
+        if !file.exists() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut w = PausedPoll::queue_full();
+        let waited = loop {
+            if !file.exists() || started.elapsed() >= Duration::from_secs(30) || shared.stopping() {
+                break Ok(());
+            }
+            if let Err(e) = w.tick(shared, consumer) {
+                break Err(e);
+            }
+        };
+        w.finish(consumer);
+        waited?;
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (shared, consumer);
+    Ok(())
 }

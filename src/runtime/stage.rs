@@ -21,7 +21,12 @@
 //!   a transaction, a revocation aborts the transaction and **rewinds**
 //!   every partition still owned to its committed offset (state rebuilt, the
 //!   same polling restore), so no transaction ever commits offsets of a
-//!   partition this instance no longer owns.
+//!   partition this instance no longer owns. A wait inside the work (a full
+//!   producer queue, [`super::paused_poll`]) also polls, so a revocation
+//!   may be recorded before the loop handles it: the commit point aborts a
+//!   transaction holding records of such a partition
+//!   ([`RuntimeError::RevokedInTransaction`]) instead of committing it (the
+//!   broker would accept it once the member has rejoined).
 //! * **Errors**, by class ([`RuntimeError::class`]): bad input never reaches
 //!   here as an error (the logic turns it into dead letters).
 //!   - *Retryable* (broker unavailable, timeouts, throttling): the
@@ -54,7 +59,7 @@
 //!   `max.poll.interval.ms` are served (paused partitions resume where they
 //!   were). A commit point is forced after `max_in_flight_records` reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -239,6 +244,51 @@ pub(super) enum Event {
 pub(super) struct StageContext {
     pub(super) events: Mutex<Vec<Event>>,
     pub(super) watch: ClientWatch,
+}
+
+impl StageContext {
+    /// The partitions named by rebalance events recorded and not yet
+    /// handled (`revoked_only`: by revocations only). Events are recorded
+    /// only while this thread polls the consumer, so the answer holds until
+    /// the next poll.
+    pub(super) fn queued(&self, revoked_only: bool) -> BTreeSet<(String, i32)> {
+        let Ok(ev) = self.events.lock() else {
+            return BTreeSet::new();
+        };
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::Revoked(parts) => Some(parts),
+                Event::Assigned(parts) if !revoked_only => Some(parts),
+                Event::Assigned(_) => None,
+            })
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// How many rebalance events are queued.
+    pub(super) fn queued_len(&self) -> usize {
+        self.events.lock().map(|ev| ev.len()).unwrap_or(0)
+    }
+
+    /// The partitions revoked by the events queued after the first `seen`,
+    /// and how many are queued now.
+    pub(super) fn revoked_since(&self, seen: usize) -> (Vec<(String, i32)>, usize) {
+        let Ok(ev) = self.events.lock() else {
+            return (Vec::new(), seen);
+        };
+        let revoked = ev
+            .iter()
+            .skip(seen)
+            .filter_map(|e| match e {
+                Event::Revoked(parts) => Some(parts),
+                Event::Assigned(_) => None,
+            })
+            .flatten()
+            .cloned()
+            .collect();
+        (revoked, ev.len())
+    }
 }
 
 impl ClientContext for StageContext {
