@@ -24,11 +24,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use smsvoice::config::EMBEDDED_DEFAULT;
-use smsvoice::generate::{generate, Workload};
 
 use support::http::{parse_metrics, Instance};
 use support::kafka::{consume_to_end, kafka_or_skip, produce_all, KafkaBroker};
-use support::outputs::{expected_spend, latest, spend_of};
+use support::outputs::{latest, spend_of, stream, Stream};
 
 const INPUT: &str = "http-input";
 const PARTITIONS: i32 = 3;
@@ -143,14 +142,7 @@ fn http_api_against_a_real_broker() {
     .expect("config");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
-    let g = generate(&Workload {
-        seed: 1313,
-        messages: 3_000,
-        ..Workload::default()
-    });
-    let want = expected_spend(&g);
-    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
-        g.records.iter().map(|r| (None, r.clone())).collect();
+    let Stream { g, want, records } = stream(1313, 3_000);
     let a = start(&cfg, "a", dir.path(), Some(&token_file));
     let b = start(&cfg, "b", dir.path(), None);
     produce_all(&bootstrap, INPUT, PARTITIONS, &records);

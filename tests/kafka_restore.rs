@@ -21,10 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use smsvoice::config::EMBEDDED_DEFAULT;
-use smsvoice::generate::{generate, Workload};
 
 use support::kafka::{consume_all, consume_to_end, kafka_or_skip, produce_all, KafkaBroker};
-use support::outputs::{expected_spend, latest, optout_table, spend_of};
+use support::outputs::{latest, optout_table, spend_of, stream, Stream};
 
 const INPUT: &str = "restore-events";
 const PARTITIONS: i32 = 4;
@@ -110,6 +109,16 @@ impl std::ops::DerefMut for Running {
     }
 }
 
+impl Running {
+    /// Stops the instance with SIGTERM; its exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        self.0.wait().expect("wait")
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -174,14 +183,7 @@ fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
     support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), &bootstrap, "restore", "");
-    let g = generate(&Workload {
-        seed: 515,
-        messages: 8_000,
-        ..Workload::default()
-    });
-    let want = expected_spend(&g);
-    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
-        g.records.iter().map(|r| (None, r.clone())).collect();
+    let Stream { g, want, records } = stream(515, 8_000);
     let half = records.len() / 2;
     let half = half - half % PARTITIONS as usize;
 
@@ -313,10 +315,7 @@ fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
         PARTITIONS as usize,
         "every partition restored from the changelog: {lines:?}"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &b.id().to_string()])
-        .status();
-    let st = b.wait().expect("wait b");
+    let st = b.stop();
     assert!(st.success(), "b after SIGTERM: {st}");
     // Spend is still exact after b's last commit.
     let got = spend_of(&read(&bootstrap, "smsvoice.spend"));
@@ -362,14 +361,7 @@ fn long_restore(exactly_once: bool) {
         group,
         "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"6000\"\n",
     );
-    let g = generate(&Workload {
-        seed: 616,
-        messages: 1_000,
-        ..Workload::default()
-    });
-    let want = expected_spend(&g);
-    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
-        g.records.iter().map(|r| (None, r.clone())).collect();
+    let Stream { want, records, .. } = stream(616, 1_000);
     produce_all(&bootstrap, INPUT, PARTITIONS, &records);
     let (mut c, log) = start_with(
         &cfg,
@@ -415,10 +407,7 @@ fn long_restore(exactly_once: bool) {
         !text.to_ascii_lowercase().contains("poll interval"),
         "the poll interval was exceeded:\n{text}"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &c.id().to_string()])
-        .status();
-    let st = c.wait().expect("wait");
+    let st = c.stop();
     assert!(st.success(), "after SIGTERM: {st}");
 }
 
@@ -453,14 +442,7 @@ fn exactly_once_a_revocation_during_a_wait_in_a_transaction_aborts_it() {
         group,
         "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n",
     );
-    let g = generate(&Workload {
-        seed: 717,
-        messages: 2_000,
-        ..Workload::default()
-    });
-    let want = expected_spend(&g);
-    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
-        g.records.iter().map(|r| (None, r.clone())).collect();
+    let Stream { g, want, records } = stream(717, 2_000);
     let (first, rest) = records.split_at(records.len() / 4);
     produce_all(&bootstrap, INPUT, PARTITIONS, first);
     let stall = dir.path().join("stall");
@@ -563,10 +545,7 @@ fn exactly_once_a_revocation_during_a_wait_in_a_transaction_aborts_it() {
         ids.len()
     );
     for c in [&mut a, &mut b] {
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let st = c.wait().expect("wait");
+        let st = c.stop();
         assert!(st.success(), "after SIGTERM: {st}\n{}", logs());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use smsvoice::generate::Generated;
+use smsvoice::generate::{generate, Generated, Workload};
 use smsvoice::money::Usd;
 
 use super::kafka::Consumed;
@@ -75,4 +75,28 @@ pub fn expected_spend(g: &Generated) -> Spend {
             (k.clone(), (Usd::from_units(*units).to_string(), msgs))
         })
         .collect()
+}
+
+/// A generated stream ready to produce: the generator's output, its spend
+/// truth ([`expected_spend`]) and its records unkeyed (as the bridge writes
+/// them), for `produce_all`.
+pub struct Stream {
+    /// What the generator made, truth included.
+    pub g: Generated,
+    /// The spend truth.
+    pub want: Spend,
+    /// The records, without keys.
+    pub records: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+}
+
+/// The default workload's stream of `messages` messages from `seed`.
+pub fn stream(seed: u64, messages: usize) -> Stream {
+    let g = generate(&Workload {
+        seed,
+        messages,
+        ..Workload::default()
+    });
+    let want = expected_spend(&g);
+    let records = g.records.iter().map(|r| (None, r.clone())).collect();
+    Stream { g, want, records }
 }
