@@ -173,15 +173,21 @@ fn restores(log: &Path, what: &str) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
+/// A fresh broker with the input topic, its bootstrap address, and a
+/// directory for the instances' configuration and logs.
+fn broker_with_input() -> (KafkaBroker, String, tempfile::TempDir) {
+    let broker = KafkaBroker::start();
+    let bootstrap = broker.bootstrap.clone();
+    support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
+    (broker, bootstrap, tempfile::tempdir().expect("tempdir"))
+}
+
 #[test]
 fn owners_restore_from_their_changelogs_and_read_only_the_tail() {
     if !kafka_or_skip("message owners restore from the changelog") {
         return;
     }
-    let broker = KafkaBroker::start();
-    let bootstrap = broker.bootstrap.clone();
-    support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (_broker, bootstrap, dir) = broker_with_input();
     let cfg = write_config(dir.path(), &bootstrap, "restore", "");
     let Stream { g, want, records } = stream(515, 8_000);
     let half = records.len() / 2;
@@ -350,10 +356,7 @@ fn exactly_once_a_restore_longer_than_the_poll_interval_keeps_the_member_in_the_
 }
 
 fn long_restore(exactly_once: bool) {
-    let broker = KafkaBroker::start();
-    let bootstrap = broker.bootstrap.clone();
-    support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (_broker, bootstrap, dir) = broker_with_input();
     let group = if exactly_once { "slow-eos" } else { "slow" };
     let cfg = write_config(
         dir.path(),
@@ -431,10 +434,7 @@ fn exactly_once_a_revocation_during_a_wait_in_a_transaction_aborts_it() {
     if !kafka_or_skip("a revocation inside a transaction") {
         return;
     }
-    let broker = KafkaBroker::start();
-    let bootstrap = broker.bootstrap.clone();
-    support::kafka::create_topic(&bootstrap, INPUT, PARTITIONS);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (_broker, bootstrap, dir) = broker_with_input();
     let group = "stall-eos";
     let cfg = write_config(
         dir.path(),
