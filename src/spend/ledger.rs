@@ -84,10 +84,14 @@
 //! Per tracked message: the messageId, the `(eventType, eventTimestamp)` pairs
 //! seen (eventTypes interned to `u32` ids), the smallest timestamps needed for
 //! attribution, the best priced key and its cost. Only messages of open months
-//! are tracked; totals are a few words per (month, channel).
+//! are tracked; totals are a few words per (month, channel). An entry is kept
+//! packed, as the bytes of its changelog value ([`entry`]), under a key that
+//! holds a UUID messageId in 16 bytes ([`key`]): about 106 bytes of heap per
+//! tracked message of the generated mix (`cargo bench --bench memory`),
+//! against 336 as a struct of vectors under a string key.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::model::{Channel, DeliveryEvent};
 use crate::money::Usd;
@@ -95,8 +99,13 @@ use crate::spend::config::SpendConfig;
 
 use super::month::MonthKey;
 
+mod codec;
+mod entry;
+mod key;
 mod snapshot;
 
+use entry::{Entry, Fields};
+use key::{KeyRef, MessageKey};
 pub use snapshot::{LedgerChanges, SnapshotError};
 
 /// Milliseconds in an hour.
@@ -158,7 +167,10 @@ pub struct SpendLedger {
     /// How long (in `running` time) an idle source's last confirmation
     /// keeps holding back what other sources forward after it.
     hold_ms: i64,
-    entries: HashMap<Box<str>, Entry>,
+    /// The tracked messages (hashbrown's default hasher, foldhash: the keys
+    /// are UUIDs of 16 bytes or short texts, and SipHash cost a twelfth of
+    /// the core's time).
+    entries: hashbrown::HashMap<MessageKey, Entry>,
     /// Number of entries per attribution month; only open months with at
     /// least one entry are present.
     open_entries: BTreeMap<MonthKey, usize>,
@@ -168,7 +180,7 @@ pub struct SpendLedger {
     types: Interner,
     /// The messageIds whose entry changed or was dropped since the last
     /// export (`None`: not tracked; see [`SpendLedger::track_changes`]).
-    dirty: Option<HashSet<Box<str>>>,
+    dirty: Option<hashbrown::HashSet<MessageKey>>,
 }
 
 /// Slack for the difference between two routers' clocks: an event forwarded
@@ -280,27 +292,6 @@ struct Idle {
     run: i64,
 }
 
-/// What is kept of one tracked message.
-#[derive(Clone, Debug)]
-struct Entry {
-    channel: Channel,
-    month: MonthKey,
-    min_request_ts: Option<i64>,
-    min_event_ts: i64,
-    /// `(eventType id, eventTimestamp)` pairs seen, for duplicate detection.
-    seen: Vec<(u32, i64)>,
-    /// Hashes of the source positions applied (see [`SpendLedger::apply_at`]).
-    positions: Vec<u64>,
-    /// The latest priced event, whose cost is the counted cost.
-    best: Option<Priced>,
-}
-
-impl Entry {
-    fn counted(&self) -> Usd {
-        self.best.map_or(Usd::ZERO, |b| b.cost)
-    }
-}
-
 /// Ordering key and cost of a priced event.
 #[derive(Clone, Copy, Debug)]
 struct Priced {
@@ -384,7 +375,7 @@ impl SpendLedger {
             hold_ms: i64::from(cfg.receipt_window_hours)
                 .saturating_mul(MS_PER_HOUR)
                 .max(MIN_HOLD_MS),
-            entries: HashMap::new(),
+            entries: hashbrown::HashMap::new(),
             open_entries: BTreeMap::new(),
             totals: BTreeMap::new(),
             sealed: BTreeSet::new(),
@@ -591,32 +582,34 @@ impl SpendLedger {
 
     fn apply_inner(&mut self, ev: &DeliveryEvent, position: Option<u64>) -> LedgerOutcome {
         let own_cost = self.event_cost(ev);
-        let Some(entry) = self.entries.get(ev.message_id.as_str()) else {
-            return self.apply_new(ev, own_cost, position);
+        let key = KeyRef::of(&ev.message_id);
+        let Some(entry) = self.entries.get(&key) else {
+            return self.apply_new(ev, own_cost, position, key);
         };
+        let view = entry.view();
+        let old = view.fields;
         if let Some(pos) = position {
-            if entry.positions.contains(&pos) {
-                let (month, channel, cost) = (entry.month, entry.channel, entry.counted());
+            if view.has_position(pos) {
                 return LedgerOutcome {
-                    month,
-                    channel,
-                    cost,
+                    month: old.month,
+                    channel: old.channel,
+                    cost: old.counted(),
                     duplicate: true,
                     late: false,
                     replayed: true,
-                    month_to_date: self.total(month, channel),
+                    month_to_date: self.total(old.month, old.channel),
                     changed: Vec::new(),
                 };
             }
         }
 
-        let min_request_ts = min_opt(entry.min_request_ts, ev.message_request_timestamp);
-        let min_event_ts = entry.min_event_ts.min(ev.event_timestamp);
-        let old_month = entry.month;
+        let min_request_ts = min_opt(old.min_request_ts, ev.message_request_timestamp);
+        let min_event_ts = old.min_event_ts.min(ev.event_timestamp);
+        let old_month = old.month;
         let new_month = attribution_month(min_request_ts, min_event_ts);
-        let channel = entry.channel;
+        let channel = old.channel;
         let ty_known = self.types.get(&ev.event_type);
-        let duplicate = ty_known.is_some_and(|ty| entry.seen.contains(&(ty, ev.event_timestamp)));
+        let duplicate = ty_known.is_some_and(|ty| view.has_seen(ty, ev.event_timestamp));
         if new_month != old_month && self.sealed.contains(&new_month) {
             return LedgerOutcome {
                 month: new_month,
@@ -631,38 +624,33 @@ impl SpendLedger {
         }
 
         let ty = self.types.intern(&ev.event_type);
-        let types = &self.types;
-        let Some(entry) = self.entries.get_mut(ev.message_id.as_str()) else {
-            // The entry was found above and nothing removed it since.
-            return self.apply_new(ev, own_cost, position);
-        };
-        if let Some(d) = self.dirty.as_mut() {
-            d.insert(ev.message_id.as_str().into());
-        }
-        let old_cost = entry.counted();
-        if !duplicate {
-            entry.seen.push((ty, ev.event_timestamp));
-        }
-        if let Some(pos) = position {
-            entry.positions.push(pos);
-        }
-        entry.min_request_ts = min_request_ts;
-        entry.min_event_ts = min_event_ts;
-        entry.month = new_month;
+        let mut best = old.best;
         if let Some(cost) = own_cost {
             let cand = Priced {
                 ts: ev.event_timestamp,
                 ty,
                 cost,
             };
-            let better = entry
-                .best
-                .is_none_or(|b| types.cmp_priced(cand, b) == Ordering::Greater);
-            if better {
-                entry.best = Some(cand);
+            if best.is_none_or(|b| self.types.cmp_priced(cand, b) == Ordering::Greater) {
+                best = Some(cand);
             }
         }
-        let new_cost = entry.counted();
+        let fields = Fields {
+            channel,
+            month: new_month,
+            min_event_ts,
+            min_request_ts,
+            best,
+        };
+        let seen = (!duplicate).then_some((ty, ev.event_timestamp));
+        let updated = Entry::updated(&view, &fields, seen, position);
+        if let Some(e) = self.entries.get_mut(&key) {
+            *e = updated;
+        }
+        if let Some(d) = self.dirty.as_mut() {
+            d.insert(key.to_owned_key());
+        }
+        let (old_cost, new_cost) = (old.counted(), fields.counted());
 
         let mut changed = Vec::new();
         if new_month != old_month {
@@ -693,6 +681,7 @@ impl SpendLedger {
         ev: &DeliveryEvent,
         own_cost: Option<Usd>,
         position: Option<u64>,
+        key: KeyRef<'_>,
     ) -> LedgerOutcome {
         let month = attribution_month(ev.message_request_timestamp, ev.event_timestamp);
         let channel = ev.channel;
@@ -709,25 +698,24 @@ impl SpendLedger {
             };
         }
         let ty = self.types.intern(&ev.event_type);
-        let best = own_cost.map(|cost| Priced {
-            ts: ev.event_timestamp,
-            ty,
-            cost,
-        });
-        let entry = Entry {
+        let fields = Fields {
             channel,
             month,
-            min_request_ts: ev.message_request_timestamp,
             min_event_ts: ev.event_timestamp,
-            seen: vec![(ty, ev.event_timestamp)],
-            positions: position.into_iter().collect(),
-            best,
+            min_request_ts: ev.message_request_timestamp,
+            best: own_cost.map(|cost| Priced {
+                ts: ev.event_timestamp,
+                ty,
+                cost,
+            }),
         };
-        let cost = entry.counted();
+        let cost = fields.counted();
+        let key = key.to_owned_key();
         if let Some(d) = self.dirty.as_mut() {
-            d.insert(ev.message_id.as_str().into());
+            d.insert(key.clone());
         }
-        self.entries.insert(ev.message_id.as_str().into(), entry);
+        self.entries
+            .insert(key, Entry::new(&fields, (ty, ev.event_timestamp), position));
         *self.open_entries.entry(month).or_insert(0) += 1;
         let t = self.bump(month, channel, cost, 1);
         LedgerOutcome {
@@ -786,13 +774,13 @@ impl SpendLedger {
         if let Some(last) = last_closed {
             match self.dirty.as_mut() {
                 Some(dirty) => self.entries.retain(|k, e| {
-                    let keep = e.month > last;
+                    let keep = e.month() > last;
                     if !keep {
                         dirty.insert(k.clone());
                     }
                     keep
                 }),
-                None => self.entries.retain(|_, e| e.month > last),
+                None => self.entries.retain(|_, e| e.month() > last),
             }
         }
     }

@@ -34,6 +34,17 @@ impl MonthKey {
         NaiveDate::from_ymd_opt(year, month, 1).map(|_| MonthKey { year, month })
     }
 
+    /// The month of a year and month that were checked when they were first
+    /// read ([`MonthKey::new`]) and kept since, e.g. the ledger's packed
+    /// entries; no calendar check again (a year beyond `i32` would become
+    /// year 0, which checked values never are).
+    pub(crate) fn from_checked_parts(year: i64, month: u8) -> Self {
+        MonthKey {
+            year: i32::try_from(year).unwrap_or(0),
+            month: u32::from(month),
+        }
+    }
+
     /// The UTC month containing the instant `ms` (epoch milliseconds); `None`
     /// when the instant is outside chrono's range.
     pub fn from_epoch_ms(ms: i64) -> Option<Self> {
