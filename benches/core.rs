@@ -19,6 +19,10 @@ use smsvoice::decode::RecordSource;
 use smsvoice::enrich::Outputs;
 use smsvoice::generate::{generate, Workload};
 
+/// The allocator of the `smsvoice` binary (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn run(cfg: &Config, records: &[Vec<u8>]) -> u64 {
     let mut core = Core::new(cfg);
     let mut out = Outputs::default();

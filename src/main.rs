@@ -6,6 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use smsvoice::config::{Config, TEMPLATE};
+
+/// mimalloc for every Rust allocation: the core allocates a few small
+/// strings per event and frees them when its outputs are written, and the
+/// system allocator's share of the core's time was 15% (BENCHMARKS.md).
+/// librdkafka's own allocations stay with the C library's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use smsvoice::file_mode::{self, ArchiveTarget, Input, EMBEDDED_SAMPLES};
 
 /// Opt-out lists, exact monthly spend, spend alarms and enriched events for
