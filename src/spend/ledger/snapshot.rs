@@ -32,7 +32,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::codec::{corrupt, Reader, Writer};
 use super::entry::{self, Entry};
 use super::key::{KeyRef, MessageKey};
-use super::{Idle, Interner, Source, SpendLedger, Totals};
+use super::sources::{Idle, Source};
+use super::{Interner, SpendLedger, Totals};
 use crate::money::Usd;
 use crate::spend::MonthKey;
 
