@@ -33,44 +33,56 @@ pub(super) enum KeyRef<'a> {
     Text(&'a str),
 }
 
-/// Positions of the dashes in a UUID's text.
-const DASHES: [usize; 4] = [8, 13, 18, 23];
+/// Where the hexadecimal groups of a UUID's text start and end (a dash
+/// after each but the last).
+const GROUPS: [(usize, usize); 5] = [(0, 8), (9, 13), (14, 18), (19, 23), (24, 36)];
 
-/// The 16 bytes of a UUID written with digits and letters of one case
-/// (`upper`), or `None`.
-fn parse_uuid(s: &[u8], upper: bool) -> Option<[u8; 16]> {
-    if s.len() != 36 || DASHES.iter().any(|&d| s[d] != b'-') {
+/// The 16 bytes of a UUID and whether its letters are uppercase (digits
+/// only: lowercase), or `None` (not a UUID, or letters of both cases). One
+/// pass over the text.
+fn parse_uuid(s: &[u8]) -> Option<([u8; 16], bool)> {
+    if s.len() != 36 || GROUPS[..4].iter().any(|&(_, end)| s[end] != b'-') {
         return None;
     }
     let mut out = [0u8; 16];
-    let mut nibbles = s.iter().enumerate().filter(|(i, _)| !DASHES.contains(i));
-    for byte in &mut out {
-        let (_, &hi) = nibbles.next()?;
-        let (_, &lo) = nibbles.next()?;
-        *byte = (hex(hi, upper)? << 4) | hex(lo, upper)?;
+    let mut upper: Option<bool> = None;
+    let mut n = 0;
+    for &(start, end) in &GROUPS {
+        for pair in s[start..end].chunks_exact(2) {
+            let hi = hex(pair[0], &mut upper)?;
+            let lo = hex(pair[1], &mut upper)?;
+            out[n] = (hi << 4) | lo;
+            n += 1;
+        }
     }
-    Some(out)
+    Some((out, upper.unwrap_or(false)))
 }
 
-fn hex(c: u8, upper: bool) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' if !upper => Some(c - b'a' + 10),
-        b'A'..=b'F' if upper => Some(c - b'A' + 10),
-        _ => None,
+/// The value of a hexadecimal digit; a letter fixes the case (`upper`) or
+/// must match the one already fixed.
+fn hex(c: u8, upper: &mut Option<bool>) -> Option<u8> {
+    let (v, is_upper) = match c {
+        b'0'..=b'9' => return Some(c - b'0'),
+        b'a'..=b'f' => (c - b'a' + 10, false),
+        b'A'..=b'F' => (c - b'A' + 10, true),
+        _ => return None,
+    };
+    match *upper {
+        Some(u) if u != is_upper => None,
+        _ => {
+            *upper = Some(is_upper);
+            Some(v)
+        }
     }
 }
 
 impl<'a> KeyRef<'a> {
     /// The key of `message_id`.
     pub(super) fn of(message_id: &'a str) -> KeyRef<'a> {
-        let b = message_id.as_bytes();
-        if let Some(u) = parse_uuid(b, false) {
-            KeyRef::Lower(u)
-        } else if let Some(u) = parse_uuid(b, true) {
-            KeyRef::Upper(u)
-        } else {
-            KeyRef::Text(message_id)
+        match parse_uuid(message_id.as_bytes()) {
+            Some((u, false)) => KeyRef::Lower(u),
+            Some((u, true)) => KeyRef::Upper(u),
+            None => KeyRef::Text(message_id),
         }
     }
 
