@@ -31,3 +31,4 @@ pub mod optout;
 pub mod runtime;
 pub mod spend;
 pub mod stages;
+pub mod uuid_text;

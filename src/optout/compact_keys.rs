@@ -3,6 +3,7 @@
 //! entry, 16 bytes when it is a UUID.
 
 use super::*;
+use crate::uuid_text::{self, Case};
 
 /// Longest key kept inline (E.164 numbers are at most 16 bytes).
 pub(super) const INLINE: usize = 22;
@@ -105,46 +106,16 @@ impl fmt::Debug for CauseId {
     }
 }
 
-pub(super) const UUID_HYPHENS: [usize; 4] = [8, 13, 18, 23];
-
-pub(super) fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
+/// A UUID's 16 bytes from its canonical lowercase text only, so that
+/// [`format_uuid`] gives back exactly the same text.
+pub(super) fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    match uuid_text::parse(s) {
+        Some((b, Case::Lower)) => Some(b),
         _ => None,
     }
 }
 
-/// Parses the canonical lowercase `8-4-4-4-12` form only, so that
-/// [`format_uuid`] gives back exactly the same text.
-pub(super) fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    let b = s.as_bytes();
-    if b.len() != 36 || UUID_HYPHENS.iter().any(|&i| b[i] != b'-') {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    let mut nibbles = b
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !UUID_HYPHENS.contains(i))
-        .map(|(_, &c)| c);
-    for byte in &mut out {
-        let hi = hex_val(nibbles.next()?)?;
-        let lo = hex_val(nibbles.next()?)?;
-        *byte = hi << 4 | lo;
-    }
-    Some(out)
-}
-
+/// The canonical lowercase text of a UUID.
 pub(super) fn format_uuid(b: &[u8; 16]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(36);
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        s.push(char::from(HEX[usize::from(byte >> 4)]));
-        s.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
-    s
+    uuid_text::format(b, Case::Lower)
 }

@@ -10,8 +10,9 @@
 //! messageIds are, and [`MessageKey::text`] gives the messageId back byte
 //! for byte.
 
-use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
+
+use crate::uuid_text::{self, Case};
 
 /// A messageId as kept in the table. See the module documentation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,55 +34,12 @@ pub(super) enum KeyRef<'a> {
     Text(&'a str),
 }
 
-/// Where the hexadecimal groups of a UUID's text start and end (a dash
-/// after each but the last).
-const GROUPS: [(usize, usize); 5] = [(0, 8), (9, 13), (14, 18), (19, 23), (24, 36)];
-
-/// The 16 bytes of a UUID and whether its letters are uppercase (digits
-/// only: lowercase), or `None` (not a UUID, or letters of both cases). One
-/// pass over the text.
-fn parse_uuid(s: &[u8]) -> Option<([u8; 16], bool)> {
-    if s.len() != 36 || GROUPS[..4].iter().any(|&(_, end)| s[end] != b'-') {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    let mut upper: Option<bool> = None;
-    let mut n = 0;
-    for &(start, end) in &GROUPS {
-        for pair in s[start..end].chunks_exact(2) {
-            let hi = hex(pair[0], &mut upper)?;
-            let lo = hex(pair[1], &mut upper)?;
-            out[n] = (hi << 4) | lo;
-            n += 1;
-        }
-    }
-    Some((out, upper.unwrap_or(false)))
-}
-
-/// The value of a hexadecimal digit; a letter fixes the case (`upper`) or
-/// must match the one already fixed.
-fn hex(c: u8, upper: &mut Option<bool>) -> Option<u8> {
-    let (v, is_upper) = match c {
-        b'0'..=b'9' => return Some(c - b'0'),
-        b'a'..=b'f' => (c - b'a' + 10, false),
-        b'A'..=b'F' => (c - b'A' + 10, true),
-        _ => return None,
-    };
-    match *upper {
-        Some(u) if u != is_upper => None,
-        _ => {
-            *upper = Some(is_upper);
-            Some(v)
-        }
-    }
-}
-
 impl<'a> KeyRef<'a> {
     /// The key of `message_id`.
     pub(super) fn of(message_id: &'a str) -> KeyRef<'a> {
-        match parse_uuid(message_id.as_bytes()) {
-            Some((u, false)) => KeyRef::Lower(u),
-            Some((u, true)) => KeyRef::Upper(u),
+        match uuid_text::parse(message_id) {
+            Some((u, Case::Lower)) => KeyRef::Lower(u),
+            Some((u, Case::Upper)) => KeyRef::Upper(u),
             None => KeyRef::Text(message_id),
         }
     }
@@ -112,24 +70,11 @@ impl MessageKey {
 
     /// The messageId, exactly as it was written.
     pub(super) fn text(&self) -> Box<str> {
-        let (u, upper) = match self {
-            MessageKey::Lower(u) => (u, false),
-            MessageKey::Upper(u) => (u, true),
-            MessageKey::Text(t) => return t.clone(),
-        };
-        let mut s = String::with_capacity(36);
-        for (i, b) in u.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                s.push('-');
-            }
-            // Writing to a String cannot fail.
-            let _ = if upper {
-                write!(s, "{b:02X}")
-            } else {
-                write!(s, "{b:02x}")
-            };
+        match self {
+            MessageKey::Lower(u) => uuid_text::format(u, Case::Lower).into_boxed_str(),
+            MessageKey::Upper(u) => uuid_text::format(u, Case::Upper).into_boxed_str(),
+            MessageKey::Text(t) => t.clone(),
         }
-        s.into_boxed_str()
     }
 }
 
